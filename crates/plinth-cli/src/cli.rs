@@ -1,0 +1,145 @@
+//! Command-line grammar (clap derive). Every flag has a help text; server-style flags have
+//! environment-variable equivalents.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "plinth",
+    version,
+    about = "Run, adapt and serve foundation models from Rust",
+    long_about = "plinth runs pretrained foundation models from the files people have (GGUF; \
+                  safetensors with config.json and tokenizer.json). With no --model it uses \
+                  SmolLM2-135M-Instruct, fetched into the cache on first use."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Worker threads for tensor maths (default: all cores).
+    #[arg(long, global = true, env = "PLINTH_THREADS")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Chat interactively; tokens stream as they are generated.
+    ///
+    /// Type a message and press Enter. End a line with `\` to continue on the next line, or
+    /// wrap a block in lines of `"""`. Commands: /reset (forget the conversation), /exit.
+    Chat(ChatArgs),
+    /// Generate a completion of one prompt (from --prompt or stdin).
+    Generate(GenerateArgs),
+    /// Describe a model: architecture, size, tensor types, tokenizer, what it can do.
+    Inspect(InspectArgs),
+    /// Download a known model into the cache ($PLINTH_HOME) and verify its checksum.
+    Pull(PullArgs),
+    /// Measure prefill and decode speed, time to first token and peak memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArg {
+    /// A .gguf file, a model directory, or a known name (see `plinth pull --list`).
+    #[arg(short, long, env = "PLINTH_MODEL", default_value = plinth_io::catalog::DEFAULT_LLM)]
+    pub model: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Maximum number of tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 means greedy (always the most likely token).
+    #[arg(short, long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0 disables).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probabilities add up to P (1 disables).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than MIN_P times the most likely one (0 disables).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalise tokens seen in the last 64 tokens (1 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed: the same seed, model and prompt give the same text.
+    #[arg(long, default_value_t = 299792458)]
+    pub seed: u64,
+    /// Stop when this text is generated (not included in the output). Repeatable.
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// System prompt placed before the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// The prompt; read from stdin when omitted.
+    #[arg(short, long)]
+    pub prompt: Option<String>,
+    /// Treat the prompt as a user message and apply the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// System prompt (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A .gguf file, a model directory, or a known name.
+    #[arg(default_value = plinth_io::catalog::DEFAULT_LLM)]
+    pub model: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Known model name.
+    #[arg(required_unless_present = "list")]
+    pub name: Option<String>,
+    /// List known model names and whether they are cached.
+    #[arg(long)]
+    pub list: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens generated for the decode measurement.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,106 @@
+//! `plinth bench`: prefill and decode throughput, time to first token and peak RSS, as the
+//! median of several runs on one model. Peers are compared in `scripts/bench-peers`.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cli::BenchArgs;
+use crate::cmd::generate::round2;
+use crate::load;
+
+const FILLER: &str = "The quick brown fox jumps over the lazy dog while the committee debates \
+    the budget for next year's lighthouse restoration, citing 1,234 letters from residents. ";
+
+#[derive(Serialize)]
+struct BenchReport {
+    model: String,
+    threads: usize,
+    runs: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    ttft_ms: f64,
+    peak_rss_mb: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// Peak resident set size of this process (VmHWM), in MB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.runs == 0 || a.prompt_tokens == 0 || a.gen_tokens == 0 {
+        anyhow::bail!("--runs, --prompt-tokens and --gen-tokens must be at least 1");
+    }
+    let m = load::load(&a.model.model)?;
+    let ctx = m.model.info().context_length;
+    if a.prompt_tokens + a.gen_tokens > ctx {
+        anyhow::bail!("--prompt-tokens + --gen-tokens = {} exceeds the model's {ctx}-token context", a.prompt_tokens + a.gen_tokens);
+    }
+    let mut prompt = Vec::new();
+    while prompt.len() < a.prompt_tokens {
+        prompt.extend(m.tokenizer.encode(FILLER, false)?);
+    }
+    prompt.truncate(a.prompt_tokens);
+    let (mut pre, mut dec, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
+    // One untimed warm-up so that first-touch page faults of the weights are not measured.
+    let mut cache = m.model.new_cache();
+    m.model.forward(&prompt[..prompt.len().min(16)], &mut cache, false)?;
+    for run in 0..a.runs {
+        let mut cache = m.model.new_cache();
+        let t0 = Instant::now();
+        let logits = m.model.forward(&prompt, &mut cache, false)?.squeeze(0)?.to_vec1::<f32>()?;
+        let mut next = argmax(&logits);
+        let t_first = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 0..a.gen_tokens {
+            let l = m.model.forward(&[next], &mut cache, false)?.squeeze(0)?.to_vec1::<f32>()?;
+            next = argmax(&l);
+        }
+        let t_dec = t1.elapsed().as_secs_f64();
+        pre.push(a.prompt_tokens as f64 / t_first);
+        dec.push(a.gen_tokens as f64 / t_dec);
+        ttft.push(t_first * 1000.0);
+        if !a.json {
+            eprintln!("run {}/{}: prefill {:.1} tok/s, decode {:.1} tok/s", run + 1, a.runs, pre[run], dec[run]);
+        }
+    }
+    let r = BenchReport {
+        model: m.location.path().display().to_string(),
+        threads: candle_core::utils::get_num_threads(),
+        runs: a.runs,
+        prompt_tokens: a.prompt_tokens,
+        gen_tokens: a.gen_tokens,
+        prefill_tok_s: round2(median(pre)),
+        decode_tok_s: round2(median(dec)),
+        ttft_ms: round2(median(ttft)),
+        peak_rss_mb: round2(peak_rss_mb()),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("model        {}", r.model);
+        println!("threads      {}", r.threads);
+        println!("prefill      {:.1} tok/s  ({} tokens, median of {})", r.prefill_tok_s, r.prompt_tokens, r.runs);
+        println!("decode       {:.1} tok/s  ({} tokens)", r.decode_tok_s, r.gen_tokens);
+        println!("first token  {:.1} ms", r.ttft_ms);
+        println!("peak RSS     {:.1} MB", r.peak_rss_mb);
+    }
+    Ok(())
+}

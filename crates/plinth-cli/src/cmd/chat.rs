@@ -1,0 +1,146 @@
+//! `plinth chat`: an interactive conversation. The session's KV cache carries the
+//! conversation from turn to turn; when the history no longer fits the context window the
+//! oldest whole turns are dropped, with a notice, and the cache is rebuilt.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::Result;
+use plinth_engine::{GenerateRequest, Session};
+use plinth_tokenize::Message;
+
+use crate::cli::ChatArgs;
+use crate::load;
+
+/// One unit of user input.
+enum Input {
+    Text(String),
+    Reset,
+    Exit,
+    Help,
+}
+
+/// Reads one message: a line, lines joined by a trailing `\`, or a `"""` block.
+fn read_input(lines: &mut impl Iterator<Item = std::io::Result<String>>, interactive: bool) -> Result<Input> {
+    let prompt = |p: &str| {
+        if interactive {
+            print!("{p}");
+            let _ = std::io::stdout().flush();
+        }
+    };
+    prompt("> ");
+    let mut buf = String::new();
+    let mut in_block = false;
+    loop {
+        let Some(line) = lines.next() else {
+            return Ok(if buf.trim().is_empty() { Input::Exit } else { Input::Text(buf) });
+        };
+        let line = line?;
+        if !in_block && buf.is_empty() {
+            match line.trim() {
+                "/exit" | "/quit" => return Ok(Input::Exit),
+                "/reset" => return Ok(Input::Reset),
+                "/help" => return Ok(Input::Help),
+                "\"\"\"" => {
+                    in_block = true;
+                    prompt(". ");
+                    continue;
+                }
+                "" => {
+                    prompt("> ");
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        if in_block {
+            if line.trim() == "\"\"\"" {
+                return Ok(Input::Text(buf.trim_end_matches('\n').to_string()));
+            }
+            buf.push_str(&line);
+            buf.push('\n');
+            prompt(". ");
+        } else if let Some(stripped) = line.strip_suffix('\\') {
+            buf.push_str(stripped);
+            buf.push('\n');
+            prompt(". ");
+        } else {
+            buf.push_str(&line);
+            return Ok(Input::Text(buf));
+        }
+    }
+}
+
+pub fn run(a: ChatArgs) -> Result<()> {
+    let sampling = a.sampling.params()?;
+    let m = load::load(&a.model.model)?;
+    let template = m.tokenizer.chat()?;
+    let context = m.model.info().context_length;
+    // Room kept free for the reply when deciding whether history fits.
+    let reserve = a.sampling.max_tokens.min(context / 2);
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "plinth chat: {} ({} context tokens). Enter sends; end a line with \\ to continue it; /reset, /exit.",
+            m.location.path().display(),
+            context
+        );
+    }
+    let mut session = Session::new(m.model.as_ref(), &m.tokenizer);
+    let system: Vec<Message> = a.system.map(|s| Message { role: "system".into(), content: s }).into_iter().collect();
+    let mut turns: Vec<Message> = Vec::new();
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut turn_no = 0u64;
+    loop {
+        let text = match read_input(&mut lines, interactive)? {
+            Input::Exit => break,
+            Input::Help => {
+                eprintln!("/reset forgets the conversation, /exit quits; end a line with \\ or use a \"\"\" block for multi-line input");
+                continue;
+            }
+            Input::Reset => {
+                turns.clear();
+                session.reset();
+                eprintln!("(conversation reset)");
+                continue;
+            }
+            Input::Text(t) => t,
+        };
+        turns.push(Message { role: "user".into(), content: text });
+        let ids = loop {
+            let all: Vec<Message> = system.iter().chain(turns.iter()).cloned().collect();
+            let ids = m.tokenizer.encode(&template.render(&all, true)?, false)?;
+            if ids.len() + reserve <= context {
+                break Some(ids);
+            }
+            if turns.len() > 1 {
+                // Drop the oldest exchange (user + assistant) whole, never part of a message.
+                let n = if turns.len() > 2 && turns[1].role == "assistant" { 2 } else { 1 };
+                turns.drain(..n);
+                eprintln!("(dropped the oldest {n} message(s) to stay within the {context}-token context window)");
+                continue;
+            }
+            eprintln!(
+                "(that message is {} tokens with the template; with {} tokens kept for the reply it does not fit the {}-token context window — shorten it or lower --max-tokens)",
+                ids.len(),
+                reserve,
+                context
+            );
+            turns.pop();
+            break None;
+        };
+        let Some(prompt_ids) = ids else { continue };
+        let mut sp = sampling.clone();
+        // Vary the seed per turn so that repeating a question does not repeat the answer verbatim,
+        // while a whole scripted conversation stays reproducible.
+        sp.seed = sampling.seed.wrapping_add(turn_no);
+        turn_no += 1;
+        let req = GenerateRequest { prompt_ids, max_tokens: a.sampling.max_tokens, sampling: sp, stop: a.sampling.stop.clone() };
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        let res = session.generate(&req, &mut |piece| out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok())?;
+        writeln!(out)?;
+        turns.push(Message { role: "assistant".into(), content: res.text });
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! `plinth inspect`: what a model is, read from its headers without loading the weights.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use plinth_core::ModelCard;
+use plinth_io::fetch::ModelLocation;
+use plinth_io::safetensors::{read_config, SafetensorsWeights};
+use plinth_io::GgufFile;
+use plinth_tokenize::Tokenizer;
+use serde::Serialize;
+
+use crate::cli::InspectArgs;
+use crate::load;
+
+#[derive(Serialize)]
+struct TypeShare {
+    dtype: String,
+    tensors: usize,
+    bytes: usize,
+    share: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    path: String,
+    format: &'static str,
+    architecture: String,
+    supported: bool,
+    parameters: usize,
+    file_bytes: usize,
+    context_length: Option<usize>,
+    vocab_size: Option<usize>,
+    layers: Option<usize>,
+    hidden_size: Option<usize>,
+    tensor_types: Vec<TypeShare>,
+    special_tokens: Vec<(String, u32)>,
+    has_chat_template: bool,
+    card: ModelCard,
+    is_llm: bool,
+}
+
+fn shares(items: impl Iterator<Item = (String, usize)>) -> Vec<TypeShare> {
+    let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (t, b) in items {
+        let e = by.entry(t).or_default();
+        e.0 += 1;
+        e.1 += b;
+    }
+    let total: usize = by.values().map(|v| v.1).sum::<usize>().max(1);
+    let mut v: Vec<TypeShare> = by
+        .into_iter()
+        .map(|(dtype, (tensors, bytes))| TypeShare { dtype, tensors, bytes, share: bytes as f64 / total as f64 })
+        .collect();
+    v.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    v
+}
+
+fn gguf_report(g: &GgufFile) -> Result<Report> {
+    let arch = g.architecture()?.to_string();
+    let key = |k: &str| format!("{arch}.{k}");
+    let tok = Tokenizer::from_gguf(g);
+    let (special_tokens, has_chat_template, vocab) = match &tok {
+        Ok(t) => (t.special_tokens(), t.chat_template().is_some(), Some(t.vocab_size())),
+        Err(_) => (Vec::new(), g.get("tokenizer.chat_template").is_some(), None),
+    };
+    let card = ModelCard::text_decoder(&arch, has_chat_template);
+    Ok(Report {
+        path: g.path().display().to_string(),
+        format: "gguf",
+        supported: plinth_models::supported_architectures().split(", ").any(|a| a == arch),
+        parameters: g.tensors.iter().map(|t| t.elem_count()).sum(),
+        file_bytes: g.file_size(),
+        context_length: g.get_usize(&key("context_length")),
+        vocab_size: g.get_usize(&key("vocab_size")).or(vocab),
+        layers: g.get_usize(&key("block_count")),
+        hidden_size: g.get_usize(&key("embedding_length")),
+        tensor_types: shares(g.tensors.iter().map(|t| (t.dtype.name().to_string(), t.size))),
+        special_tokens,
+        has_chat_template,
+        is_llm: card.is_llm(),
+        card,
+        architecture: arch,
+    })
+}
+
+fn dir_report(dir: &std::path::Path) -> Result<Report> {
+    let cfg = read_config(dir)?;
+    let arch = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
+    let w = SafetensorsWeights::open_dir(dir)?;
+    let infos = w.infos();
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).ok();
+    let has_chat_template = tok.as_ref().is_some_and(|t| t.chat_template().is_some());
+    let card = ModelCard::text_decoder(&arch, has_chat_template);
+    let u = |k: &str| cfg.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+    Ok(Report {
+        path: dir.display().to_string(),
+        format: "safetensors",
+        supported: plinth_models::supported_architectures().split(", ").any(|a| a == arch),
+        parameters: infos.iter().map(|i| i.2.iter().product::<usize>()).sum(),
+        file_bytes: infos.iter().map(|i| i.3).sum(),
+        context_length: u("max_position_embeddings"),
+        vocab_size: u("vocab_size"),
+        layers: u("num_hidden_layers"),
+        hidden_size: u("hidden_size"),
+        tensor_types: shares(infos.iter().map(|i| (i.1.clone(), i.3))),
+        special_tokens: tok.as_ref().map(|t| t.special_tokens()).unwrap_or_default(),
+        has_chat_template,
+        is_llm: card.is_llm(),
+        card,
+        architecture: arch,
+    })
+}
+
+pub fn run(a: InspectArgs) -> Result<()> {
+    let loc = load::resolve(&a.model)?;
+    let r = match &loc {
+        ModelLocation::Gguf(p) => gguf_report(&GgufFile::open(p)?)?,
+        ModelLocation::Dir(d) => dir_report(d)?,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let opt = |v: Option<usize>| v.map_or("unknown".to_string(), |v| v.to_string());
+    println!("model          {}", r.path);
+    println!("format         {}", r.format);
+    println!("architecture   {}{}", r.architecture, if r.supported { "" } else { " (not supported by this plinth)" });
+    println!("parameters     {} ({:.1} M)", r.parameters, r.parameters as f64 / 1e6);
+    println!("size           {:.1} MB", r.file_bytes as f64 / 1e6);
+    println!("context        {} tokens", opt(r.context_length));
+    println!("vocabulary     {}", opt(r.vocab_size));
+    println!("layers         {}   hidden size {}", opt(r.layers), opt(r.hidden_size));
+    println!("tensor types");
+    for t in &r.tensor_types {
+        println!("  {:<6} {:>4} tensors {:>10.1} MB  {:>5.1}%", t.dtype, t.tensors, t.bytes as f64 / 1e6, t.share * 100.0);
+    }
+    let specials: Vec<String> = r.special_tokens.iter().map(|(s, id)| format!("{s}={id}")).collect();
+    println!("special tokens {}", if specials.is_empty() { "none".into() } else { specials.join(" ") });
+    println!("chat template  {}", if r.has_chat_template { "yes" } else { "no" });
+    let names = |v: &[plinth_core::Modality]| v.iter().map(|m| format!("{m:?}").to_lowercase()).collect::<Vec<_>>().join(", ");
+    println!("model card");
+    println!("  family       {} (GPT-style: generates text)", r.card.family);
+    println!("  input        {}", names(&r.card.inputs));
+    println!("  output       {}", names(&r.card.outputs));
+    let tasks: Vec<String> = r.card.tasks.iter().map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()).collect();
+    println!("  tasks        {}", tasks.join(", "));
+    if r.is_llm {
+        println!("  kind         LLM: a text-only foundation model (text in, text out)");
+    } else {
+        println!("  kind         multimodal foundation model");
+    }
+    Ok(())
+}

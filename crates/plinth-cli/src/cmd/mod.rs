@@ -1,0 +1,42 @@
+//! One module per subcommand.
+
+mod bench;
+mod chat;
+mod generate;
+mod inspect;
+mod pull;
+
+use anyhow::Result;
+use plinth_engine::SamplingParams;
+
+use crate::cli::{Cli, Command, SamplingArgs};
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Chat(a) => chat::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Pull(a) => pull::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+impl SamplingArgs {
+    /// Maps CLI conventions (0 / 1 disable a filter) onto sampler parameters and validates them.
+    pub fn params(&self) -> Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temperature,
+            top_k: (self.top_k > 0).then_some(self.top_k),
+            top_p: (self.top_p < 1.0).then_some(self.top_p),
+            min_p: (self.min_p > 0.0).then_some(self.min_p),
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: 64,
+            seed: self.seed,
+        };
+        p.validate()?;
+        if self.max_tokens == 0 {
+            anyhow::bail!("invalid --max-tokens: must be at least 1");
+        }
+        Ok(p)
+    }
+}

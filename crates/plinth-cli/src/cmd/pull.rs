@@ -1,0 +1,38 @@
+//! `plinth pull`: fetch a known model into the cache.
+
+use std::io::IsTerminal;
+
+use anyhow::Result;
+use plinth_io::catalog::{self, CATALOG};
+use plinth_io::fetch::{self, FetchOptions};
+use serde_json::json;
+
+use crate::cli::PullArgs;
+
+pub fn run(a: PullArgs) -> Result<()> {
+    if a.list {
+        let rows: Vec<_> = CATALOG
+            .iter()
+            .map(|e| json!({"name": e.name, "description": e.description, "cached": fetch::cached_path(e).exists(), "path": fetch::cached_path(e)}))
+            .collect();
+        if a.json {
+            println!("{}", serde_json::Value::Array(rows));
+        } else {
+            for e in CATALOG {
+                let mark = if fetch::cached_path(e).exists() { "cached" } else { "      " };
+                println!("{:<24} {mark}  {}", e.name, e.description);
+            }
+        }
+        return Ok(());
+    }
+    let name = a.name.expect("clap requires a name without --list");
+    let entry = catalog::lookup(&name)
+        .ok_or_else(|| anyhow::anyhow!("unknown model name '{name}' (known names: {})", catalog::known_names()))?;
+    let path = fetch::pull(entry, FetchOptions { progress: std::io::stderr().is_terminal(), download: true })?;
+    if a.json {
+        println!("{}", json!({"name": entry.name, "path": path, "sha256": entry.sha256, "bytes": entry.size}));
+    } else {
+        println!("{}", path.display());
+    }
+    Ok(())
+}

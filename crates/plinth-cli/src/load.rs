@@ -1,0 +1,32 @@
+//! Resolving `--model` and loading a decoder with its tokenizer.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use plinth_io::fetch::{self, FetchOptions, ModelLocation};
+use plinth_io::GgufFile;
+use plinth_models::{load_decoder, Decoder};
+use plinth_tokenize::Tokenizer;
+
+pub struct Loaded {
+    pub model: Box<dyn Decoder>,
+    pub tokenizer: Tokenizer,
+    pub location: ModelLocation,
+    pub gguf: Option<Arc<GgufFile>>,
+}
+
+/// Resolves (fetching a catalog model on first use, with a progress bar) and loads.
+pub fn resolve(spec: &str) -> Result<ModelLocation> {
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    Ok(fetch::resolve(spec, FetchOptions { progress, download: true })?)
+}
+
+pub fn load(spec: &str) -> Result<Loaded> {
+    let location = resolve(spec)?;
+    let loaded = load_decoder(&location)?;
+    let tokenizer = match &loaded.gguf {
+        Some(g) => Tokenizer::from_gguf(g)?,
+        None => Tokenizer::from_file(&location.path().join("tokenizer.json"))?,
+    };
+    Ok(Loaded { model: loaded.model, tokenizer, location, gguf: loaded.gguf })
+}

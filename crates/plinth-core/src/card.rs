@@ -1,0 +1,68 @@
+//! What a model is, as a user sees it: which modalities go in and come out, and which tasks it
+//! can do. This is where "an LLM is the text-only member of the foundation-model family" becomes
+//! visible in `plinth inspect`.
+
+use serde::Serialize;
+
+/// A kind of data a model consumes or produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    Text,
+    Image,
+    Audio,
+}
+
+/// A task a model can be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    TextGeneration,
+    Chat,
+    Summarization,
+    Translation,
+    QuestionAnswering,
+    Embedding,
+    Classification,
+}
+
+/// The user-facing description of a loaded model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCard {
+    /// Architecture as named by the file (`llama`, `qwen2`, ...).
+    pub architecture: String,
+    /// `"decoder"` (GPT-style, generates) or `"encoder"` (BERT-style, understands).
+    pub family: &'static str,
+    pub inputs: Vec<Modality>,
+    pub outputs: Vec<Modality>,
+    pub tasks: Vec<Task>,
+}
+
+impl ModelCard {
+    /// A text-in, text-out decoder: a large language model. Instruction-tuned models (those with a
+    /// chat template) can also chat and be prompted for the derived tasks.
+    pub fn text_decoder(architecture: &str, has_chat_template: bool) -> Self {
+        let mut tasks = vec![Task::TextGeneration];
+        if has_chat_template {
+            tasks.extend([
+                Task::Chat,
+                Task::Summarization,
+                Task::Translation,
+                Task::QuestionAnswering,
+                Task::Classification,
+            ]);
+        }
+        ModelCard {
+            architecture: architecture.to_string(),
+            family: "decoder",
+            inputs: vec![Modality::Text],
+            outputs: vec![Modality::Text],
+            tasks,
+        }
+    }
+
+    /// True for text-only models: the LLM corner of the foundation-model family.
+    pub fn is_llm(&self) -> bool {
+        self.inputs == [Modality::Text] && self.outputs == [Modality::Text]
+    }
+}

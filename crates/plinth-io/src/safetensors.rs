@@ -1,0 +1,94 @@
+//! Safetensors weights (single file, or sharded with `model.safetensors.index.json`) and the
+//! Hugging Face `config.json` that sits beside them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
+use plinth_core::{Error, Result};
+
+/// A Hugging Face model directory's weights.
+pub struct SafetensorsWeights {
+    dir: PathBuf,
+    inner: MmapedSafetensors,
+    names: HashMap<String, ()>,
+}
+
+impl SafetensorsWeights {
+    /// Opens `model.safetensors`, or every shard named by `model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::format(&index, e.to_string()))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::missing(&index, "'weight_map' object"))?;
+            let mut shards: Vec<PathBuf> = map
+                .values()
+                .filter_map(|v| v.as_str())
+                .map(|s| dir.join(s))
+                .collect();
+            shards.sort();
+            shards.dedup();
+            shards
+        } else {
+            return Err(Error::missing(dir, "model.safetensors or model.safetensors.index.json"));
+        };
+        for f in &files {
+            if !f.exists() {
+                return Err(Error::missing(f, "safetensors shard"));
+            }
+        }
+        // SAFETY: read-only maps of files we do not modify.
+        let inner = unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| Error::format(&files[0], e.to_string()))?;
+        let names = inner.tensors().into_iter().map(|(n, _)| (n, ())).collect();
+        Ok(SafetensorsWeights { dir: dir.to_path_buf(), inner, names })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.keys().map(String::as_str)
+    }
+
+    /// Loads a tensor converted to `dtype`.
+    pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        if !self.contains(name) {
+            return Err(Error::missing(&self.dir, format!("tensor '{name}'")));
+        }
+        let t = self
+            .inner
+            .load(name, device)
+            .map_err(|e| Error::format(&self.dir, format!("tensor '{name}': {e}")))?;
+        Ok(t.to_dtype(dtype)?)
+    }
+
+    /// `(name, dtype, shape, bytes)` of every tensor, for `plinth inspect`.
+    pub fn infos(&self) -> Vec<(String, String, Vec<usize>, usize)> {
+        self.inner
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, format!("{:?}", v.dtype()), v.shape().to_vec(), v.data().len()))
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Reads and parses `config.json` in `dir` as loose JSON; models pick their own fields.
+pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))
+}

@@ -1,0 +1,47 @@
+//! Model architectures. One file per architecture under [`models`], the building blocks they
+//! share under [`layers`], the weight loader that serves GGUF and safetensors under Hugging
+//! Face names ([`weights`]), and [`registry`], which maps an architecture name to a
+//! constructor.
+//!
+//! Models never own their KV cache: the engine creates a [`KvCache`] with
+//! [`Decoder::new_cache`] and passes it to every [`Decoder::forward`] call.
+
+pub mod kv;
+pub mod layers;
+pub mod models;
+pub mod registry;
+pub mod weights;
+
+pub use kv::KvCache;
+pub use registry::{load_decoder, supported_architectures, LoadedDecoder};
+
+use candle_core::Tensor;
+use plinth_core::Result;
+
+/// Facts about a decoder that the engine and the CLI need.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DecoderInfo {
+    pub architecture: String,
+    pub vocab_size: usize,
+    /// Context window in tokens.
+    pub context_length: usize,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub parameters: usize,
+}
+
+/// A GPT-style decoder: token ids in, next-token logits out.
+pub trait Decoder: Send + Sync {
+    fn info(&self) -> &DecoderInfo;
+
+    /// An empty cache shaped for this model.
+    fn new_cache(&self) -> KvCache;
+
+    /// Runs `ids` at positions `cache.len()..cache.len() + ids.len()`, appending their keys and
+    /// values to `cache`. Returns f32 logits of shape `[ids.len(), vocab]` when `all_logits`,
+    /// else `[1, vocab]` for the last position only (the generation hot path).
+    fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor>;
+}

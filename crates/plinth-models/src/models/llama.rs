@@ -1,0 +1,331 @@
+//! The Llama family decoder (Llama 2/3.x, SmolLM2, TinyLlama and their relatives): RMSNorm,
+//! rotary embeddings with optional scaling, grouped-query attention, SwiGLU MLP, tied or
+//! separate output head. Tensor names are Hugging Face's; GGUF files arrive through the name
+//! table.
+
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+use plinth_core::{Error, Result};
+use plinth_io::gguf::GgufFile;
+
+use crate::layers::{causal_mask, scaled_dot_product_attention, Linear, QLinear, RmsNorm, RopeScaling, RotaryEmbedding};
+use crate::weights::Weights;
+use crate::{Decoder, DecoderInfo, KvCache};
+
+/// Hyper-parameters, from GGUF metadata or a Hugging Face `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub tie_word_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// Reads `{arch}.*` keys as llama.cpp's converter writes them.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch = g.architecture()?.to_string();
+        let k = |s: &str| format!("{arch}.{s}");
+        let hidden_size = g.require_usize(&k("embedding_length"))?;
+        let num_heads = g.require_usize(&k("attention.head_count"))?;
+        let num_kv_heads = g.get_usize(&k("attention.head_count_kv")).unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(Error::format(g.path(), format!("head counts {num_heads}/{num_kv_heads} are not a valid grouping")));
+        }
+        let head_dim = g.get_usize(&k("attention.key_length")).unwrap_or(hidden_size / num_heads);
+        let vocab_size = match g.get_usize(&k("vocab_size")) {
+            Some(v) => v,
+            None => g
+                .tensor_info("token_embd.weight")
+                .map(|t| t.shape[0])
+                .ok_or_else(|| Error::missing(g.path(), "tensor 'token_embd.weight'"))?,
+        };
+        let scaling = match g.get_str(&k("rope.scaling.type")) {
+            None | Some("none") => None,
+            Some("linear") => Some(RopeScaling::Linear { factor: g.get_f64(&k("rope.scaling.factor")).unwrap_or(1.0) }),
+            // llama.cpp stores Llama 3 scaling as precomputed `rope_freqs.weight` factors.
+            Some(other) => return Err(Error::unsupported(g.path(), format!("rope scaling type '{other}'"))),
+        };
+        let cfg = LlamaConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size: g.require_usize(&k("feed_forward_length"))?,
+            num_layers: g.require_usize(&k("block_count"))?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            max_position_embeddings: g.require_usize(&k("context_length"))?,
+            rms_norm_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10_000.0),
+            rope_scaling: scaling,
+            tie_word_embeddings: g.tensor_info("output.weight").is_none(),
+        };
+        cfg.validate(g.path())?;
+        Ok(cfg)
+    }
+
+    /// Reads a Hugging Face `config.json` (older and transformers-v5 spellings of rope fields).
+    pub fn from_hf(json: &serde_json::Value, path: &std::path::Path) -> Result<Self> {
+        let u = |key: &str| -> Result<usize> {
+            json.get(key)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::missing(path, format!("config field '{key}'")))
+        };
+        let f = |key: &str, default: f64| json.get(key).and_then(|v| v.as_f64()).unwrap_or(default);
+        let hidden_size = u("hidden_size")?;
+        let num_heads = u("num_attention_heads")?;
+        let num_kv_heads = u("num_key_value_heads").unwrap_or(num_heads);
+        let rope = json.get("rope_parameters").or_else(|| json.get("rope_scaling")).filter(|v| !v.is_null());
+        let rope_theta = rope
+            .and_then(|r| r.get("rope_theta"))
+            .and_then(|v| v.as_f64())
+            .unwrap_or_else(|| f("rope_theta", 10_000.0));
+        let rope_scaling = match rope {
+            None => None,
+            Some(r) => {
+                let ty = r.get("rope_type").or_else(|| r.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+                let g = |k: &str, d: f64| r.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+                match ty {
+                    "default" => None,
+                    "linear" => Some(RopeScaling::Linear { factor: g("factor", 1.0) }),
+                    "llama3" => Some(RopeScaling::Llama3 {
+                        factor: g("factor", 8.0),
+                        low_freq_factor: g("low_freq_factor", 1.0),
+                        high_freq_factor: g("high_freq_factor", 4.0),
+                        original_max_position: g("original_max_position_embeddings", 8192.0) as usize,
+                    }),
+                    other => return Err(Error::unsupported(path, format!("rope scaling type '{other}'"))),
+                }
+            }
+        };
+        let cfg = LlamaConfig {
+            vocab_size: u("vocab_size")?,
+            hidden_size,
+            intermediate_size: u("intermediate_size")?,
+            num_layers: u("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim: u("head_dim").unwrap_or(hidden_size / num_heads.max(1)),
+            max_position_embeddings: u("max_position_embeddings").unwrap_or(2048),
+            rms_norm_eps: f("rms_norm_eps", 1e-6),
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: json.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &std::path::Path) -> Result<()> {
+        let bad = |what: String| Err(Error::format(path, what));
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+            return bad(format!("head counts {}/{} are not a valid grouping", self.num_heads, self.num_kv_heads));
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 || self.head_dim > 1024 {
+            return bad(format!("head dimension {} is not a positive even number <= 1024", self.head_dim));
+        }
+        // Bounds that no real model exceeds keep a corrupt header from sizing huge buffers.
+        if self.max_position_embeddings == 0 || self.max_position_embeddings > 1 << 21 {
+            return bad(format!("context length {} is out of range", self.max_position_embeddings));
+        }
+        if self.num_layers == 0 || self.num_layers > 1024 || self.vocab_size == 0 || self.vocab_size > 1 << 22 {
+            return bad(format!("{} layers / vocabulary {} are out of range", self.num_layers, self.vocab_size));
+        }
+        Ok(())
+    }
+}
+
+struct Attention {
+    q_proj: QLinear,
+    k_proj: QLinear,
+    v_proj: QLinear,
+    o_proj: QLinear,
+}
+
+struct Mlp {
+    gate_proj: QLinear,
+    up_proj: QLinear,
+    down_proj: QLinear,
+}
+
+struct Layer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+enum Embedding {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+/// A loaded Llama-family model.
+pub struct Llama {
+    cfg: LlamaConfig,
+    info: DecoderInfo,
+    embed_tokens: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: QLinear,
+    rope: RotaryEmbedding,
+    device: Device,
+}
+
+impl Llama {
+    pub fn load(cfg: LlamaConfig, w: &Weights, architecture: &str) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let embed_name = "model.embed_tokens.weight";
+        let embed_q = w.qtensor(embed_name, &[cfg.vocab_size, h])?;
+        let tied = cfg.tie_word_embeddings || !w.contains("lm_head.weight");
+        let lm_head = if tied {
+            QLinear::from_qtensor(embed_q.clone(), None)?
+        } else {
+            w.linear("lm_head", cfg.vocab_size, h)?
+        };
+        let embed_tokens = match w {
+            Weights::Gguf(_) => Embedding::Quantized(embed_q),
+            Weights::Safetensors(_) => Embedding::Dense(w.tensor(embed_name, &[cfg.vocab_size, h])?),
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_layernorm: RmsNorm::new(w.tensor(&format!("{p}.input_layernorm.weight"), &[h])?, cfg.rms_norm_eps),
+                self_attn: Attention {
+                    q_proj: w.linear(&format!("{p}.self_attn.q_proj"), cfg.num_heads * hd, h)?,
+                    k_proj: w.linear(&format!("{p}.self_attn.k_proj"), cfg.num_kv_heads * hd, h)?,
+                    v_proj: w.linear(&format!("{p}.self_attn.v_proj"), cfg.num_kv_heads * hd, h)?,
+                    o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h, cfg.num_heads * hd)?,
+                },
+                post_attention_layernorm: RmsNorm::new(
+                    w.tensor(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                    cfg.rms_norm_eps,
+                ),
+                mlp: Mlp {
+                    gate_proj: w.linear(&format!("{p}.mlp.gate_proj"), cfg.intermediate_size, h)?,
+                    up_proj: w.linear(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, h)?,
+                    down_proj: w.linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate_size)?,
+                },
+            });
+        }
+        let norm = RmsNorm::new(w.tensor("model.norm.weight", &[h])?, cfg.rms_norm_eps);
+        let freq_factors = match w {
+            Weights::Gguf(g) if g.tensor_info("rope_freqs.weight").is_some() => Some(
+                g.qtensor("rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?,
+            ),
+            _ => None,
+        };
+        let rope = RotaryEmbedding::new(
+            hd,
+            cfg.max_position_embeddings,
+            cfg.rope_theta,
+            cfg.rope_scaling.as_ref(),
+            freq_factors.as_deref(),
+            w.rope_style(),
+            &w.device(),
+        )?;
+        let layer_params: usize = layers
+            .iter()
+            .map(|l| {
+                l.input_layernorm.params()
+                    + l.post_attention_layernorm.params()
+                    + [&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj, &l.self_attn.o_proj]
+                        .iter()
+                        .map(|x| x.params())
+                        .sum::<usize>()
+                    + [&l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj].iter().map(|x| x.params()).sum::<usize>()
+            })
+            .sum();
+        let parameters =
+            cfg.vocab_size * h + layer_params + norm.params() + if tied { 0 } else { lm_head.params() };
+        let info = DecoderInfo {
+            architecture: architecture.to_string(),
+            vocab_size: cfg.vocab_size,
+            context_length: cfg.max_position_embeddings,
+            num_layers: cfg.num_layers,
+            hidden_size: h,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+            parameters,
+        };
+        Ok(Llama { cfg, info, embed_tokens, layers, norm, lm_head, rope, device: w.device() })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(match &self.embed_tokens {
+            Embedding::Quantized(q) => q.embedding(ids)?,
+            Embedding::Dense(t) => t.embedding(ids)?,
+        })
+    }
+}
+
+impl Layer {
+    fn forward(&self, cfg: &LlamaConfig, rope: &RotaryEmbedding, x: &Tensor, layer: usize, cache: &mut KvCache, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, seq, _) = x.dims3()?;
+        let start = cache.len();
+        let h = self.input_layernorm.forward(x)?;
+        let a = &self.self_attn;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, seq, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = rope.apply(&heads(a.q_proj.forward(&h)?, cfg.num_heads)?, start)?;
+        let k = rope.apply(&heads(a.k_proj.forward(&h)?, cfg.num_kv_heads)?, start)?;
+        let v = heads(a.v_proj.forward(&h)?, cfg.num_kv_heads)?;
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let attn = scaled_dot_product_attention(&q, &k, &v, mask)?;
+        let attn = attn.transpose(1, 2)?.reshape((b, seq, cfg.num_heads * cfg.head_dim))?;
+        let x = (x + a.o_proj.forward(&attn)?)?;
+        let h = self.post_attention_layernorm.forward(&x)?;
+        let m = &self.mlp;
+        let gated = (candle_nn::ops::silu(&m.gate_proj.forward(&h)?)? * m.up_proj.forward(&h)?)?;
+        Ok((x + m.down_proj.forward(&gated)?)?)
+    }
+}
+
+impl Decoder for Llama {
+    fn info(&self) -> &DecoderInfo {
+        &self.info
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.num_layers)
+    }
+
+    fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        let seq = ids.len();
+        if seq == 0 {
+            return Err(Error::invalid("input", "no tokens to run"));
+        }
+        let start = cache.len();
+        if start + seq > self.rope.max_positions() {
+            return Err(Error::ContextOverflow { prompt_tokens: start + seq, context: self.rope.max_positions() });
+        }
+        let ids_t = Tensor::new(ids, &self.device)?;
+        let mut x = self.embed(&ids_t)?.unsqueeze(0)?;
+        let mask = if seq > 1 { Some(causal_mask(seq, start, &self.device)?) } else { None };
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&self.cfg, &self.rope, &x, i, cache, mask.as_ref())?;
+        }
+        cache.advance(seq);
+        let x = if all_logits { x } else { x.narrow(1, seq - 1, 1)? };
+        let x = self.norm.forward(&x)?;
+        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
+    }
+}

@@ -1,0 +1,81 @@
+//! Weights by Hugging Face name, from either a GGUF file (through the name table in
+//! `plinth_io::names`) or safetensors. Shapes are checked against what the config implies
+//! before a layer is built, so a mismatched file fails with the tensor's name.
+
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
+use plinth_core::{Error, Result};
+use plinth_io::{gguf::GgufFile, names, safetensors::SafetensorsWeights};
+
+use crate::layers::{QLinear, RopeStyle};
+
+/// Where weights are read from.
+pub enum Weights {
+    Gguf(Arc<GgufFile>),
+    Safetensors(Arc<SafetensorsWeights>),
+}
+
+impl Weights {
+    pub fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn gguf_name(hf: &str) -> Result<String> {
+        names::hf_to_gguf(hf).ok_or_else(|| Error::invalid("tensor name", format!("'{hf}' has no GGUF equivalent in the name table")))
+    }
+
+    pub fn contains(&self, hf: &str) -> bool {
+        match self {
+            Weights::Gguf(g) => Self::gguf_name(hf).is_ok_and(|n| g.tensor_info(&n).is_some()),
+            Weights::Safetensors(s) => s.contains(hf),
+        }
+    }
+
+    /// The rotary layout the q/k weights were stored for.
+    pub fn rope_style(&self) -> RopeStyle {
+        match self {
+            Weights::Gguf(_) => RopeStyle::Interleaved,
+            Weights::Safetensors(_) => RopeStyle::Half,
+        }
+    }
+
+    fn check(name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
+        if expected != found {
+            return Err(Error::Shape { name: name.to_string(), expected: expected.to_vec(), found: found.to_vec() });
+        }
+        Ok(())
+    }
+
+    /// A dense f32 tensor (norm weights, biases, embeddings), dequantized if needed.
+    pub fn tensor(&self, hf: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = match self {
+            Weights::Gguf(g) => g.qtensor(&Self::gguf_name(hf)?, &Device::Cpu)?.dequantize(&Device::Cpu)?,
+            Weights::Safetensors(s) => s.load(hf, DType::F32, &Device::Cpu)?,
+        };
+        Self::check(hf, shape, t.dims())?;
+        Ok(t)
+    }
+
+    /// A weight kept in its stored quantization (f32 for safetensors).
+    pub fn qtensor(&self, hf: &str, shape: &[usize]) -> Result<Arc<QTensor>> {
+        let q = match self {
+            Weights::Gguf(g) => g.qtensor(&Self::gguf_name(hf)?, &Device::Cpu)?,
+            Weights::Safetensors(s) => QTensor::quantize(&s.load(hf, DType::F32, &Device::Cpu)?, candle_core::quantized::GgmlDType::F32)?,
+        };
+        Self::check(hf, shape, q.shape().dims())?;
+        Ok(Arc::new(q))
+    }
+
+    /// A linear layer `[out, in]` named `{prefix}.weight` with an optional `{prefix}.bias`.
+    pub fn linear(&self, prefix: &str, out_dim: usize, in_dim: usize) -> Result<QLinear> {
+        let bias_name = format!("{prefix}.bias");
+        let bias = if self.contains(&bias_name) { Some(self.tensor(&bias_name, &[out_dim])?) } else { None };
+        let w_name = format!("{prefix}.weight");
+        match self {
+            Weights::Safetensors(_) => Ok(QLinear::from_tensor(self.tensor(&w_name, &[out_dim, in_dim])?, bias)),
+            Weights::Gguf(_) => QLinear::from_qtensor(self.qtensor(&w_name, &[out_dim, in_dim])?, bias),
+        }
+    }
+}

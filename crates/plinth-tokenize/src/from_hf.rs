@@ -1,0 +1,93 @@
+//! Loading a [`Tokenizer`] from a Hugging Face `tokenizer.json`, with the generation facts
+//! that live beside it: `tokenizer_config.json` (chat template, BOS/EOS, add_bos/add_eos),
+//! `chat_template.jinja` (newer repos keep the template there) and `generation_config.json`
+//! (models often list several end-of-turn ids only there).
+
+use std::path::Path;
+
+use plinth_core::{Error, Result};
+use serde_json::Value as Json;
+
+use crate::tokenizer::{collect_special, Tokenizer, EOG_TEXTS};
+
+pub(crate) fn load(path: &Path) -> Result<Tokenizer> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        .map_err(|e| Error::format(path, format!("not a usable tokenizer.json: {e}")))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+
+    let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+    let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Json::Null);
+
+    let bos_token = token_field(&config["bos_token"]);
+    let eos_token = token_field(&config["eos_token"]);
+    let bos = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
+    let mut eos: Vec<u32> = Vec::new();
+    let mut push = |id: u32| {
+        if !eos.contains(&id) {
+            eos.push(id);
+        }
+    };
+    if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
+        push(id);
+    }
+    match &generation["eos_token_id"] {
+        Json::Number(n) => n.as_u64().and_then(|v| u32::try_from(v).ok()).into_iter().for_each(&mut push),
+        Json::Array(a) => a.iter().filter_map(|v| v.as_u64()).filter_map(|v| u32::try_from(v).ok()).for_each(&mut push),
+        _ => {}
+    }
+    let special = collect_special(&inner);
+    for (text, id) in &special {
+        if EOG_TEXTS.contains(&text.as_str()) {
+            push(*id);
+        }
+    }
+
+    let chat_template = match &config["chat_template"] {
+        Json::String(s) => Some(s.clone()),
+        // A list of named templates: the "default" one is what apply_chat_template uses.
+        Json::Array(list) => list
+            .iter()
+            .find(|t| t["name"] == "default")
+            .or_else(|| list.first())
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_owned),
+        _ => match std::fs::read_to_string(dir.join("chat_template.jinja")) {
+            Ok(s) => Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(dir.join("chat_template.jinja"), e)),
+        },
+    };
+
+    Ok(Tokenizer {
+        special,
+        bos,
+        eos,
+        add_bos: config["add_bos_token"].as_bool().unwrap_or(false) && bos.is_some(),
+        add_eos: config["add_eos_token"].as_bool().unwrap_or(false),
+        chat_template,
+        bos_token,
+        eos_token,
+        inner,
+    })
+}
+
+/// A JSON file that may be absent.
+fn read_json(path: &Path) -> Result<Option<Json>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::format(path, format!("invalid JSON: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// `"<s>"` or `{"content": "<s>", ...}` (the AddedToken form).
+fn token_field(v: &Json) -> Option<String> {
+    match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(o) => o.get("content").and_then(Json::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
