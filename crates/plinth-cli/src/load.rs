@@ -1,10 +1,8 @@
 //! Resolving `--model` and loading a decoder with its tokenizer.
 
-use std::sync::Arc;
 
 use anyhow::Result;
 use plinth_io::fetch::{self, FetchOptions, ModelLocation};
-use plinth_io::GgufFile;
 use plinth_models::{load_decoder, Decoder};
 use plinth_tokenize::Tokenizer;
 
@@ -12,7 +10,6 @@ pub struct Loaded {
     pub model: Box<dyn Decoder>,
     pub tokenizer: Tokenizer,
     pub location: ModelLocation,
-    pub gguf: Option<Arc<GgufFile>>,
 }
 
 /// Resolves (fetching a catalog model on first use, with a progress bar) and loads.
@@ -28,5 +25,5 @@ pub fn load(spec: &str) -> Result<Loaded> {
         Some(g) => Tokenizer::from_gguf(g)?,
         None => Tokenizer::from_file(&location.path().join("tokenizer.json"))?,
     };
-    Ok(Loaded { model: loaded.model, tokenizer, location, gguf: loaded.gguf })
+    Ok(Loaded { model: loaded.model, tokenizer, location })
 }

@@ -20,7 +20,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Message { role: role.into(), content: content.into() }
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -33,7 +36,10 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("bos_token", &self.bos_token).field("eos_token", &self.eos_token).finish()
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish()
     }
 }
 
@@ -62,20 +68,30 @@ impl ChatTemplate {
             .map_err(|e| template_err("configuring the template engine", e))?;
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| Civil::now().format(&fmt));
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
             .map_err(|e| template_err("cannot parse the chat template", e))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
     }
 
     /// Renders the conversation; with `add_generation_prompt` the text ends where the
     /// assistant's reply should begin.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| template_err("chat template", e))?;
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| template_err("chat template", e))?;
         // HF passes tools/documents as None when absent; templates test `tools is not none`.
         template
             .render(context! {
@@ -111,12 +127,21 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
     let (item_sep, key_sep) = match separators.as_deref() {
         Some([a, b]) => (a.clone(), b.clone()),
         Some(_) => {
-            return Err(minijinja::Error::new(ErrorKind::InvalidOperation, "tojson separators must be a pair"))
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                "tojson separators must be a pair",
+            ))
         }
         None if indent.is_some() => (",".to_owned(), ": ".to_owned()),
         None => (", ".to_owned(), ": ".to_owned()),
     };
-    let opts = JsonOpts { indent, sort_keys: sort_keys.unwrap_or(false), ensure_ascii: ensure_ascii.unwrap_or(false), item_sep, key_sep };
+    let opts = JsonOpts {
+        indent,
+        sort_keys: sort_keys.unwrap_or(false),
+        ensure_ascii: ensure_ascii.unwrap_or(false),
+        item_sep,
+        key_sep,
+    };
     let mut out = String::new();
     write_json(&mut out, &value, &opts, 0)?;
     Ok(Value::from_safe_string(out))
@@ -130,7 +155,12 @@ struct JsonOpts {
     key_sep: String,
 }
 
-fn write_json(out: &mut String, v: &Value, o: &JsonOpts, level: usize) -> std::result::Result<(), minijinja::Error> {
+fn write_json(
+    out: &mut String,
+    v: &Value,
+    o: &JsonOpts,
+    level: usize,
+) -> std::result::Result<(), minijinja::Error> {
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
@@ -138,8 +168,10 @@ fn write_json(out: &mut String, v: &Value, o: &JsonOpts, level: usize) -> std::r
         ValueKind::Number => out.push_str(&py_float(f64::try_from(v.clone())?)),
         ValueKind::String => write_str(out, v.as_str().unwrap_or_default(), o.ensure_ascii),
         ValueKind::Map => {
-            let mut items: Vec<(String, Value)> =
-                v.try_iter()?.map(|k| Ok((key_string(&k), v.get_item(&k)?))).collect::<std::result::Result<_, minijinja::Error>>()?;
+            let mut items: Vec<(String, Value)> = v
+                .try_iter()?
+                .map(|k| Ok((key_string(&k), v.get_item(&k)?)))
+                .collect::<std::result::Result<_, minijinja::Error>>()?;
             if o.sort_keys {
                 items.sort_by(|a, b| a.0.cmp(&b.0));
             }
@@ -151,7 +183,9 @@ fn write_json(out: &mut String, v: &Value, o: &JsonOpts, level: usize) -> std::r
         }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = v.try_iter()?.collect();
-            write_container(out, o, level, '[', ']', items.len(), |out, i| write_json(out, &items[i], o, level + 1))?;
+            write_container(out, o, level, '[', ']', items.len(), |out, i| {
+                write_json(out, &items[i], o, level + 1)
+            })?;
         }
         _ => write_str(out, &v.to_string(), o.ensure_ascii),
     }
@@ -216,8 +250,7 @@ fn py_float(f: f64) -> String {
         let (sign, digits) = exp.strip_prefix('-').map_or(("+", exp), |d| ("-", d));
         return format!("{mantissa}e{sign}{digits:0>2}");
     }
-    let s = format!("{f:?}");
-    s
+    format!("{f:?}")
 }
 
 fn write_str(out: &mut String, s: &str, ensure_ascii: bool) {
@@ -249,14 +282,24 @@ mod tests {
 
     fn render(src: &str) -> String {
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
-        t.render(&[Message::new("user", "Hi \"there\" é\n")], true).unwrap()
+        t.render(&[Message::new("user", "Hi \"there\" é\n")], true)
+            .unwrap()
     }
 
     #[test]
     fn tojson_is_python_style() {
-        assert_eq!(render("{{ messages[0] | tojson }}"), r#"{"role": "user", "content": "Hi \"there\" é\n"}"#);
-        assert_eq!(render("{{ {'a': [1, 2.5, none, true], 'b': {}} | tojson }}"), r#"{"a": [1, 2.5, null, true], "b": {}}"#);
-        assert_eq!(render("{{ {'b': [1], 'a': 1} | tojson(indent=2, sort_keys=true) }}"), "{\n  \"a\": 1,\n  \"b\": [\n    1\n  ]\n}");
+        assert_eq!(
+            render("{{ messages[0] | tojson }}"),
+            r#"{"role": "user", "content": "Hi \"there\" é\n"}"#
+        );
+        assert_eq!(
+            render("{{ {'a': [1, 2.5, none, true], 'b': {}} | tojson }}"),
+            r#"{"a": [1, 2.5, null, true], "b": {}}"#
+        );
+        assert_eq!(
+            render("{{ {'b': [1], 'a': 1} | tojson(indent=2, sort_keys=true) }}"),
+            "{\n  \"a\": 1,\n  \"b\": [\n    1\n  ]\n}"
+        );
         assert_eq!(render("{{ '<&>' | tojson }}"), r#""<&>""#);
         assert_eq!(py_float(1e20), "1e+20");
         assert_eq!(py_float(1.0), "1.0");
@@ -266,7 +309,10 @@ mod tests {
     fn trims_blocks_and_knows_python_methods() {
         let src = "{% for m in messages %}\n  {% if m.role == 'user' %}\n[{{ m.content.strip().upper() }}]\n  {% endif %}\n{% endfor %}\n";
         assert_eq!(render(src), "[HI \"THERE\" É]\n");
-        assert_eq!(render("{{ bos_token }}{{ eos_token }}{{ tools is none }}"), "<s></s>true");
+        assert_eq!(
+            render("{{ bos_token }}{{ eos_token }}{{ tools is none }}"),
+            "<s></s>True"
+        );
     }
 
     #[test]

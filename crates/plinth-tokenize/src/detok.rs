@@ -25,7 +25,12 @@ pub struct Detokenizer<'a> {
 
 impl<'a> Detokenizer<'a> {
     pub fn new(tok: &'a Tokenizer, skip_special: bool) -> Self {
-        Detokenizer { tok, skip_special, ids: Vec::new(), read: 0 }
+        Detokenizer {
+            tok,
+            skip_special,
+            ids: Vec::new(),
+            read: 0,
+        }
     }
 
     /// Adds one id and returns the text it completes; empty while a multi-byte character is
@@ -49,7 +54,11 @@ impl<'a> Detokenizer<'a> {
     /// decode would show it). The detokenizer can keep going afterwards.
     pub fn finish(&mut self) -> Result<String> {
         let (prefix_text, text) = self.window()?;
-        let new = if text.len() > prefix_text.len() { new_suffix(&prefix_text, &text) } else { String::new() };
+        let new = if text.len() > prefix_text.len() {
+            new_suffix(&prefix_text, &text)
+        } else {
+            String::new()
+        };
         self.ids.drain(..self.read);
         self.read = self.ids.len();
         Ok(new)

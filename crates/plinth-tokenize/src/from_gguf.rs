@@ -38,7 +38,12 @@ pub(crate) fn build(g: &GgufFile) -> Result<Tokenizer> {
     let is_spm = match model {
         "gpt2" => false,
         "llama" => true,
-        other => return Err(Error::unsupported(g.path(), format!("tokenizer model '{other}'"))),
+        other => {
+            return Err(Error::unsupported(
+                g.path(),
+                format!("tokenizer model '{other}'"),
+            ))
+        }
     };
     let tokens = m
         .str_array("tokenizer.ggml.tokens")?
@@ -51,7 +56,10 @@ pub(crate) fn build(g: &GgufFile) -> Result<Tokenizer> {
         Some(t) if t.len() != n => {
             return Err(Error::format(
                 g.path(),
-                format!("tokenizer.ggml.token_type has {} entries but there are {n} tokens", t.len()),
+                format!(
+                    "tokenizer.ggml.token_type has {} entries but there are {n} tokens",
+                    t.len()
+                ),
             ))
         }
         Some(t) => t,
@@ -72,21 +80,31 @@ pub(crate) fn build(g: &GgufFile) -> Result<Tokenizer> {
 
     // Duplicate token strings exist in some vocabularies; like Hugging Face's conversion, the
     // last id wins for encoding, while every id still decodes.
-    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
     let unk_token = unk.map(|id| tokens[id as usize].to_string());
 
     let mut inner = if is_spm {
         let add_space_prefix = m.bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
         let merges = match m.str_array("tokenizer.ggml.merges")? {
-            Some(list) => split_merges(g, &list)?,
+            Some(list) => split_merges(g, &list, &vocab)?,
             None => {
                 let scores = m.f32_array("tokenizer.ggml.scores")?.ok_or_else(|| {
-                    Error::missing(g.path(), "tokenizer metadata (tokenizer.ggml.scores or tokenizer.ggml.merges)")
+                    Error::missing(
+                        g.path(),
+                        "tokenizer metadata (tokenizer.ggml.scores or tokenizer.ggml.merges)",
+                    )
                 })?;
                 if scores.len() != n {
                     return Err(Error::format(
                         g.path(),
-                        format!("tokenizer.ggml.scores has {} entries but there are {n} tokens", scores.len()),
+                        format!(
+                            "tokenizer.ggml.scores has {} entries but there are {n} tokens",
+                            scores.len()
+                        ),
                     ));
                 }
                 merges_from_scores(&tokens, &scores)
@@ -94,10 +112,10 @@ pub(crate) fn build(g: &GgufFile) -> Result<Tokenizer> {
         };
         spm_tokenizer(g, vocab, merges, unk_token, add_space_prefix)?
     } else {
-        let list = m
-            .str_array("tokenizer.ggml.merges")?
-            .ok_or_else(|| Error::missing(g.path(), "tokenizer metadata (tokenizer.ggml.merges)"))?;
-        let merges = split_merges(g, &list)?;
+        let list = m.str_array("tokenizer.ggml.merges")?.ok_or_else(|| {
+            Error::missing(g.path(), "tokenizer metadata (tokenizer.ggml.merges)")
+        })?;
+        let merges = split_merges(g, &list, &vocab)?;
         let pre = m.str("tokenizer.ggml.pre")?.unwrap_or("default");
         let pre = crate::pretok::for_name(pre).map_err(|e| Error::format(g.path(), e))?;
         let model = BPE::builder()
@@ -160,15 +178,21 @@ fn spm_tokenizer(
     unk_token: Option<String>,
     add_space_prefix: bool,
 ) -> Result<tokenizers::Tokenizer> {
-    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
     if let Some(unk) = unk_token {
         builder = builder.unk_token(unk);
     }
-    let model = builder.build().map_err(|e| Error::format(g.path(), format!("tokenizer vocabulary: {e}")))?;
+    let model = builder
+        .build()
+        .map_err(|e| Error::format(g.path(), format!("tokenizer vocabulary: {e}")))?;
     let mut t = tokenizers::Tokenizer::new(model);
 
     let replace = |from: &str, to: &str| {
-        Replace::new(from, to).map_err(|e| Error::Tokenizer(format!("building the SentencePiece pipeline: {e}")))
+        Replace::new(from, to)
+            .map_err(|e| Error::Tokenizer(format!("building the SentencePiece pipeline: {e}")))
     };
     let mut norm: Vec<NormalizerWrapper> = Vec::new();
     if add_space_prefix {
@@ -193,17 +217,29 @@ fn spm_tokenizer(
 /// first space after the first character (a merge's left side may itself be a literal space,
 /// as llama.cpp allows). Merges naming strings that are not tokens can never apply; they are
 /// dropped, as llama.cpp effectively does, rather than rejecting the whole vocabulary.
-fn split_merges(g: &GgufFile, list: &[&str]) -> Result<Vec<(String, String)>> {
+fn split_merges(g: &GgufFile, list: &[&str], vocab: &Vocab) -> Result<Vec<(String, String)>> {
     let mut out = Vec::with_capacity(list.len());
     for (i, merge) in list.iter().enumerate() {
         let first_len = merge.chars().next().map_or(0, char::len_utf8);
-        let Some(pos) = merge.get(first_len..).and_then(|rest| rest.find(' ')).map(|p| p + first_len) else {
+        let Some(pos) = merge
+            .get(first_len..)
+            .and_then(|rest| rest.find(' '))
+            .map(|p| p + first_len)
+        else {
             return Err(Error::format(
                 g.path(),
-                format!("tokenizer.ggml.merges[{i}] = {merge:?} is not two tokens separated by a space"),
+                format!(
+                    "tokenizer.ggml.merges[{i}] = {merge:?} is not two tokens separated by a space"
+                ),
             ));
         };
-        out.push((merge[..pos].to_string(), merge[pos + 1..].to_string()));
+        let (left, right) = (&merge[..pos], &merge[pos + 1..]);
+        if vocab.contains_key(left)
+            && vocab.contains_key(right)
+            && vocab.contains_key(&format!("{left}{right}"))
+        {
+            out.push((left.to_string(), right.to_string()));
+        }
     }
     Ok(out)
 }
@@ -238,7 +274,10 @@ fn merges_from_scores(tokens: &[&str], scores: &[f32]) -> Vec<(String, String)> 
         merges.extend(local);
     }
     merges.sort_by(|a, b| b.2.total_cmp(&a.2));
-    merges.into_iter().map(|(l, r, _)| (l.to_string(), r.to_string())).collect()
+    merges
+        .into_iter()
+        .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .collect()
 }
 
 /// Typed, checked access to GGUF metadata.
@@ -248,31 +287,44 @@ struct Meta<'a> {
 
 impl<'a> Meta<'a> {
     fn wrong(&self, key: &str, want: &str, v: &Value) -> Error {
-        Error::format(self.g.path(), format!("{key} should be {want}, found {}", v.type_name()))
+        Error::format(
+            self.g.path(),
+            format!("{key} should be {want}, found {}", v.type_name()),
+        )
     }
 
     fn str(&self, key: &str) -> Result<Option<&'a str>> {
         match self.g.get(key) {
             None => Ok(None),
-            Some(v) => v.as_str().map(Some).ok_or_else(|| self.wrong(key, "a string", v)),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a string", v)),
         }
     }
 
     fn bool(&self, key: &str) -> Result<Option<bool>> {
         match self.g.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.wrong(key, "a bool", v)),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a bool", v)),
         }
     }
 
     /// A token id, checked against the vocabulary size.
     fn id(&self, key: &str, n_tokens: usize) -> Result<Option<u32>> {
-        let Some(v) = self.g.get(key) else { return Ok(None) };
+        let Some(v) = self.g.get(key) else {
+            return Ok(None);
+        };
         // llama.cpp writes -1 (as i32 or u32::MAX) for "no such token".
         if v.as_i64() == Some(-1) || v.as_u64() == Some(u32::MAX as u64) {
             return Ok(None);
         }
-        let id = v.as_u64().ok_or_else(|| self.wrong(key, "an unsigned integer", v))?;
+        let id = v
+            .as_u64()
+            .ok_or_else(|| self.wrong(key, "an unsigned integer", v))?;
         if id >= n_tokens as u64 {
             return Err(Error::format(
                 self.g.path(),
@@ -285,30 +337,49 @@ impl<'a> Meta<'a> {
     fn array(&self, key: &str) -> Result<Option<&'a [Value]>> {
         match self.g.get(key) {
             None => Ok(None),
-            Some(v) => v.as_array().map(Some).ok_or_else(|| self.wrong(key, "an array", v)),
+            Some(v) => v
+                .as_array()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "an array", v)),
         }
     }
 
     fn str_array(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
-        let Some(a) = self.array(key)? else { return Ok(None) };
+        let Some(a) = self.array(key)? else {
+            return Ok(None);
+        };
         a.iter()
-            .map(|v| v.as_str().ok_or_else(|| self.wrong(key, "an array of strings", v)))
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| self.wrong(key, "an array of strings", v))
+            })
             .collect::<Result<_>>()
             .map(Some)
     }
 
     fn uint_array(&self, key: &str) -> Result<Option<Vec<u64>>> {
-        let Some(a) = self.array(key)? else { return Ok(None) };
+        let Some(a) = self.array(key)? else {
+            return Ok(None);
+        };
         a.iter()
-            .map(|v| v.as_u64().ok_or_else(|| self.wrong(key, "an array of unsigned integers", v)))
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| self.wrong(key, "an array of unsigned integers", v))
+            })
             .collect::<Result<_>>()
             .map(Some)
     }
 
     fn f32_array(&self, key: &str) -> Result<Option<Vec<f32>>> {
-        let Some(a) = self.array(key)? else { return Ok(None) };
+        let Some(a) = self.array(key)? else {
+            return Ok(None);
+        };
         a.iter()
-            .map(|v| v.as_f64().map(|f| f as f32).ok_or_else(|| self.wrong(key, "an array of numbers", v)))
+            .map(|v| {
+                v.as_f64()
+                    .map(|f| f as f32)
+                    .ok_or_else(|| self.wrong(key, "an array of numbers", v))
+            })
             .collect::<Result<_>>()
             .map(Some)
     }

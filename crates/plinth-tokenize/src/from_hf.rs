@@ -32,8 +32,16 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer> {
         push(id);
     }
     match &generation["eos_token_id"] {
-        Json::Number(n) => n.as_u64().and_then(|v| u32::try_from(v).ok()).into_iter().for_each(&mut push),
-        Json::Array(a) => a.iter().filter_map(|v| v.as_u64()).filter_map(|v| u32::try_from(v).ok()).for_each(&mut push),
+        Json::Number(n) => n
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .into_iter()
+            .for_each(&mut push),
+        Json::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .filter_map(|v| u32::try_from(v).ok())
+            .for_each(&mut push),
         _ => {}
     }
     let special = collect_special(&inner);

@@ -17,3 +17,14 @@ mod tokenizer;
 pub use chat::{ChatTemplate, Message};
 pub use detok::Detokenizer;
 pub use tokenizer::Tokenizer;
+
+#[cfg(test)]
+mod tests {
+    /// The server shares one tokenizer and template across request threads.
+    #[test]
+    fn shared_types_are_thread_safe() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::Tokenizer>();
+        check::<crate::ChatTemplate>();
+    }
+}

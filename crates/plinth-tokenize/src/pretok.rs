@@ -34,9 +34,17 @@ fn gpt2() -> ByteLevel {
 }
 
 fn regex_then_bytes(pattern: &str) -> Result<PreTokenizerWrapper, String> {
-    let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
-        .map_err(|e| format!("pre-tokenizer regex: {e}"))?;
-    Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()]).into())
+    let split = Split::new(
+        SplitPattern::Regex(pattern.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| format!("pre-tokenizer regex: {e}"))?;
+    Ok(Sequence::new(vec![
+        split.into(),
+        ByteLevel::new(false, false, false).into(),
+    ])
+    .into())
 }
 
 pub(crate) fn for_name(pre: &str) -> Result<PreTokenizer, String> {
@@ -44,17 +52,25 @@ pub(crate) fn for_name(pre: &str) -> Result<PreTokenizer, String> {
         // Each digit alone first (HF's Digits(individual_digits) splits on char::is_numeric,
         // i.e. \p{N}, as llama.cpp's "\p{N}" regex does), then GPT-2's regex on the rest.
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-            (Sequence::new(vec![Digits::new(true).into(), gpt2().into()]).into(), false)
+            (
+                Sequence::new(vec![Digits::new(true).into(), gpt2().into()]).into(),
+                false,
+            )
         }
         "llama3" | "llama-v3" | "llama-bpe" => (regex_then_bytes(LLAMA3)?, true),
         "falcon3" | "falcon-h1" | "pixtral" | "dbrx" | "smaug-bpe" | "midm-2.0" | "lfm2" => {
             (regex_then_bytes(LLAMA3)?, false)
         }
-        "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "megrez" | "hunyuan" => (regex_then_bytes(QWEN2)?, false),
+        "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "megrez" | "hunyuan" => {
+            (regex_then_bytes(QWEN2)?, false)
+        }
         // "default", "gpt2", "gpt-2", "mpt", "olmo", "jais", ... and anything unknown.
         _ => (gpt2().into(), false),
     };
-    Ok(PreTokenizer { pre_tokenizer, ignore_merges })
+    Ok(PreTokenizer {
+        pre_tokenizer,
+        ignore_merges,
+    })
 }
 
 #[cfg(test)]
@@ -86,6 +102,9 @@ mod tests {
 
     #[test]
     fn unknown_falls_back_to_gpt2() {
-        assert_eq!(pieces("no-such-pre", "hi there"), pieces("gpt2", "hi there"));
+        assert_eq!(
+            pieces("no-such-pre", "hi there"),
+            pieces("gpt2", "hi there")
+        );
     }
 }

@@ -6,10 +6,28 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-    "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
-const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+const DAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
 
 /// Broken-down UTC time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +48,9 @@ pub(crate) struct Civil {
 
 impl Civil {
     pub(crate) fn now() -> Civil {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         Civil::from_unix(secs)
     }
 
@@ -75,7 +95,10 @@ impl Civil {
             }
             let month = MONTHS[self.month as usize - 1];
             let day = DAYS[self.weekday as usize];
-            let h12 = if self.hour % 12 == 0 { 12 } else { self.hour % 12 };
+            let h12 = match self.hour % 12 {
+                0 => 12,
+                h => h,
+            };
             match chars.next() {
                 Some('Y') => out.push_str(&self.year.to_string()),
                 Some('y') => out.push_str(&format!("{:02}", self.year.rem_euclid(100))),
@@ -101,8 +124,13 @@ impl Civil {
                 Some('A') => out.push_str(day),
                 Some('a') => out.push_str(&day[..3]),
                 Some('j') => out.push_str(&format!("{:03}", self.yday)),
-                Some('F') => out.push_str(&format!("{}-{:02}-{:02}", self.year, self.month, self.day)),
-                Some('T') => out.push_str(&format!("{:02}:{:02}:{:02}", self.hour, self.minute, self.second)),
+                Some('F') => {
+                    out.push_str(&format!("{}-{:02}-{:02}", self.year, self.month, self.day))
+                }
+                Some('T') => out.push_str(&format!(
+                    "{:02}:{:02}:{:02}",
+                    self.hour, self.minute, self.second
+                )),
                 Some('Z') => out.push_str("UTC"),
                 Some('z') => out.push_str("+0000"),
                 Some('%') => out.push('%'),
@@ -125,9 +153,21 @@ mod tests {
     fn known_dates() {
         // 2024-07-26 13:05:09 UTC, a Friday, day 208 of a leap year.
         let c = Civil::from_unix(1_721_999_109);
-        assert_eq!((c.year, c.month, c.day, c.hour, c.minute, c.second), (2024, 7, 26, 13, 5, 9));
-        assert_eq!(c.format("%d %b %Y %A %j %-d %I%p %%"), "26 Jul 2024 Friday 208 26 01PM %");
-        assert_eq!(Civil::from_unix(0).format("%F %T %a"), "1970-01-01 00:00:00 Thu");
-        assert_eq!(Civil::from_unix(951_782_400).format("%F %j"), "2000-02-29 060");
+        assert_eq!(
+            (c.year, c.month, c.day, c.hour, c.minute, c.second),
+            (2024, 7, 26, 13, 5, 9)
+        );
+        assert_eq!(
+            c.format("%d %b %Y %A %j %-d %I%p %%"),
+            "26 Jul 2024 Friday 208 26 01PM %"
+        );
+        assert_eq!(
+            Civil::from_unix(0).format("%F %T %a"),
+            "1970-01-01 00:00:00 Thu"
+        );
+        assert_eq!(
+            Civil::from_unix(951_782_400).format("%F %j"),
+            "2000-02-29 060"
+        );
     }
 }

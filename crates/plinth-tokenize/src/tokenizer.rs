@@ -134,7 +134,8 @@ impl Tokenizer {
         &self.inner
     }
 
-    /// The model's chat template, ready to render.
+    /// The model's chat template, ready to render. Like Hugging Face's `apply_chat_template`,
+    /// encode the rendered text with `add_special = false`: templates write BOS themselves.
     pub fn chat(&self) -> Result<ChatTemplate> {
         let source = self.chat_template.as_deref().ok_or_else(|| {
             Error::Template(
