@@ -918,6 +918,48 @@ def make_smollm2_reference(gguf_path: Path, out: Path) -> None:
     )
 
 
+def make_smollm2_llamacpp_reference(gguf_path: Path, out: Path) -> None:
+    """Teacher-forced reference from llama.cpp (llama-cpp-python) on the same passage ids.
+
+    llama.cpp keeps the weights quantized and quantizes activations to 8 bits inside its
+    matmuls, exactly like plinth's single-token decode path; this is the reference for that
+    path (transformers' dequantized float32 is the reference for prefill).
+    """
+    try:
+        import llama_cpp
+    except ImportError:
+        print("llama-cpp-python not installed: skipping reference_llamacpp.json")
+        return
+    d = out / "smollm2"
+    ids = json.loads((d / "reference.json").read_text())["input_ids"]
+    m = llama_cpp.Llama(
+        str(gguf_path), n_ctx=1024, n_batch=1024, n_ubatch=1024, n_threads=2, logits_all=True, verbose=False, seed=SEED
+    )
+    m.eval(ids)
+    logits = np.array(m.scores[: len(ids)], dtype=np.float64)
+    mx = logits.max(axis=1, keepdims=True)
+    logp = logits - mx - np.log(np.exp(logits - mx).sum(axis=1, keepdims=True))
+    nll = [-float(logp[i, ids[i + 1]]) for i in range(len(ids) - 1)]
+    top1 = [int(x) for x in logits[:-1].argmax(axis=1)]
+    ppl = math.exp(sum(nll) / len(nll))
+    print(f"smollm2 llama.cpp: {len(ids)} tokens, perplexity {ppl:.4f}")
+    write_json(
+        d / "reference_llamacpp.json",
+        {
+            "reference": f"llama.cpp via llama-cpp-python {llama_cpp.__version__}, {gguf_path.name}, 2 threads, "
+            "one batch with logits for every position (weights quantized, activations quantized to 8 bits "
+            "in the matmuls), same input_ids as reference.json; " + versions(),
+            "note": "top1[i] and nll[i] are for position i predicting input_ids[i+1]; ppl = exp(mean(nll))",
+            "n_tokens": len(ids),
+            "input_ids": ids,
+            "top1": top1,
+            "nll": [round(x, 6) for x in nll],
+            "ppl": ppl,
+        },
+        indent=None,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gguf", required=True, type=Path, help="path to SmolLM2-135M-Instruct GGUF")
@@ -931,6 +973,7 @@ def main() -> None:
     make_tokenizer_fixtures(gguf_path, out)
     make_tiny_llama(out)
     make_smollm2_reference(gguf_path, out)
+    make_smollm2_llamacpp_reference(gguf_path, out)
 
 
 if __name__ == "__main__":

@@ -50,19 +50,19 @@ pub struct SamplingArgs {
     #[arg(short = 'n', long, default_value_t = 256)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 means greedy (always the most likely token).
-    #[arg(short, long, default_value_t = 0.8)]
+    #[arg(short, long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep only the K most likely tokens (0 disables).
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probabilities add up to P (1 disables).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Drop tokens less likely than MIN_P times the most likely one (0 disables).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Penalise tokens seen in the last 64 tokens (1 disables).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     /// Random seed: the same seed, model and prompt give the same text.
     #[arg(long, default_value_t = 299792458)]

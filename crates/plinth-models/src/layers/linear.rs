@@ -3,7 +3,7 @@
 //! carries an adapter.
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Module, Tensor};
+use candle_core::{Module, Tensor, D};
 use plinth_core::Result;
 use std::sync::Arc;
 
@@ -13,6 +13,15 @@ pub trait Linear: Send + Sync {
     /// Parameter count, for `plinth inspect`.
     fn params(&self) -> usize;
 }
+
+/// From this many input rows on, a quantized weight is dequantized and multiplied in f32.
+///
+/// The quantized kernels quantize activations to 8 bits (as llama.cpp does), which costs
+/// accuracy: on SmolLM2 Q4_1 greedy answers visibly drift from the f32 reference. For a
+/// prompt (many rows) dequantizing the weight once per call is cheap next to the GEMM and
+/// gives the reference's numbers; single-token decode stays on the bandwidth-bound
+/// quantized path.
+pub const DEQUANT_MIN_ROWS: usize = 32;
 
 /// A linear layer over a quantized or plain weight (candle's `QMatMul` covers both).
 pub struct QLinear {
@@ -35,7 +44,13 @@ impl QLinear {
 
 impl Linear for QLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.w.forward(x)?;
+        let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
+        let y = match &self.w {
+            QMatMul::QTensor(q) if rows >= DEQUANT_MIN_ROWS => {
+                QMatMul::Tensor(q.dequantize(&x.device().clone())?).forward(x)?
+            }
+            w => w.forward(x)?,
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
