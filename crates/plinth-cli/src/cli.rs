@@ -70,6 +70,9 @@ pub struct SamplingArgs {
     /// Stop when this text is generated (not included in the output). Repeatable.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Use at most this many tokens of context (default: the model's full window).
+    #[arg(short = 'c', long)]
+    pub context: Option<usize>,
 }
 
 #[derive(Args, Debug)]

@@ -121,3 +121,22 @@ fn inspect_json_describes_an_llm() {
     let types: Vec<&str> = v["tensor_types"].as_array().unwrap().iter().map(|t| t["dtype"].as_str().unwrap()).collect();
     assert!(types.contains(&"Q4_1"), "{types:?}");
 }
+
+#[test]
+fn chat_drops_oldest_turns_whole_to_fit_the_context() {
+    let m = model();
+    let para = "Tell me about lighthouses, the tall towers with lamps that guide ships along dangerous coasts at night.";
+    let input = format!("{para}\n{para} Again please.\n{para} Once more.\n/exit\n");
+    let (code, out, err) = plinth(&["chat", "--model", &m, "-t", "0", "-n", "24", "--context", "160"], &input);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("dropped the oldest 2 message(s)") && err.contains("160-token context"), "{err}");
+    assert!(out.trim().lines().filter(|l| !l.trim().is_empty()).count() >= 3, "three replies expected: {out}");
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_an_error() {
+    let m = model();
+    let (code, _, err) = plinth(&["generate", "--model", &m, "--context", "32", "--prompt", &"word ".repeat(100)], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("prompt has") && err.contains("32 tokens"), "{err}");
+}

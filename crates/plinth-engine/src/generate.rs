@@ -74,15 +74,25 @@ pub struct Session<'m> {
     cache: KvCache,
     /// Exactly the tokens whose keys/values are in `cache`.
     cached: Vec<u32>,
+    /// Usable context window: the model's, or less when the user asks for less.
+    context: usize,
 }
 
 impl<'m> Session<'m> {
     pub fn new(model: &'m dyn Decoder, tokenizer: &'m Tokenizer) -> Self {
-        Session { model, tokenizer, cache: model.new_cache(), cached: Vec::new() }
+        Session { model, tokenizer, cache: model.new_cache(), cached: Vec::new(), context: model.info().context_length }
+    }
+
+    /// Limits the context window below the model's (bounding KV-cache memory).
+    pub fn with_context_limit(mut self, limit: Option<usize>) -> Self {
+        if let Some(n) = limit {
+            self.context = n.clamp(1, self.model.info().context_length);
+        }
+        self
     }
 
     pub fn context_length(&self) -> usize {
-        self.model.info().context_length
+        self.context
     }
 
     /// Forgets the cached conversation.

