@@ -1,0 +1,127 @@
+"""Tiny random-weight decoders for per-architecture parity tests.
+
+For each architecture this builds a tiny model with transformers (seeded; norm weights and
+biases perturbed so a runtime that drops or misplaces one fails), saves `config.json` and
+`model.safetensors` under fixtures/tiny-<name>/, and writes `reference.safetensors` with
+  input_ids      int64 [1, 24]
+  logits         float32 [24, vocab]  one forward over the whole prompt
+  logits_decode  float32 [24, vocab]  one token at a time with the KV cache
+The Llama config here only feeds the file-handling variants: tiny-llama-sharded (3 shards + index), tiny-llama-bf16
+and tiny-llama-f16 (weights stored in bf16/f16; the reference is computed in f32 from the
+rounded weights).
+
+Rerun: /path/to/venv/bin/python scripts/make_tiny_decoders.py [--out fixtures] [--only NAME ...]
+(packages: scripts/requirements-ref.txt). Deterministic: reruns give identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_fixtures import SEED, dtype_kwargs, seed_everything, versions  # noqa: E402
+
+COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+              initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+ARCHS = {
+    "llama": ("LlamaConfig", dict(COMMON, rms_norm_eps=1e-5, tie_word_embeddings=False)),
+    "mistral": ("MistralConfig", dict(COMMON, sliding_window=8, rms_norm_eps=1e-5, tie_word_embeddings=False)),
+    "qwen2": ("Qwen2Config", dict(COMMON, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False)),
+    "qwen3": ("Qwen3Config", dict(COMMON, head_dim=32, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                  use_sliding_window=False)),
+    "gemma2": ("Gemma2Config", dict(COMMON, num_hidden_layers=3, head_dim=16, sliding_window=8,
+                                    query_pre_attn_scalar=16, attn_logit_softcapping=50.0,
+                                    final_logit_softcapping=30.0, hidden_activation="gelu_pytorch_tanh")),
+    "gemma3_text": ("Gemma3TextConfig", dict(COMMON, num_hidden_layers=3, head_dim=16, sliding_window=8,
+                                             query_pre_attn_scalar=16, rope_local_base_freq=10000.0,
+                                             hidden_activation="gelu_pytorch_tanh",
+                                             layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+    "phi3": ("Phi3Config", dict(COMMON, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                original_max_position_embeddings=128, rope_scaling=None)),
+    "gpt2": ("GPT2Config", dict(vocab_size=256, n_positions=128, n_embd=64, n_layer=2, n_head=4,
+                                initializer_range=0.2, activation_function="gelu_new",
+                                bos_token_id=1, eos_token_id=2)),
+}
+
+SEQ = 24
+
+
+def build(cfg_name: str, kwargs: dict) -> torch.nn.Module:
+    cfg = getattr(transformers, cfg_name)(**kwargs, **dtype_kwargs(torch.float32))
+    cfg._attn_implementation = "eager"
+    seed_everything(SEED)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).to(torch.float32).eval()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(SEED + 1)
+        for name, p in model.named_parameters():
+            # Norms start at exactly 1 (or 0 for Gemma's 1+w) and biases at 0: perturb both.
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def reference(model: torch.nn.Module, vocab: int) -> dict:
+    g = torch.Generator().manual_seed(SEED + 2)
+    ids = torch.randint(0, vocab, (1, SEQ), generator=g, dtype=torch.int64)
+    with torch.no_grad():
+        full = model(input_ids=ids, use_cache=False).logits[0].float()
+        past, steps = None, []
+        for i in range(SEQ):
+            out = model(input_ids=ids[:, i:i + 1], past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            steps.append(out.logits[0, -1].float())
+        dec = torch.stack(steps)
+    print(f"  max |full - decode| = {(full - dec).abs().max().item():.3e}, logits std {full.std().item():.3f}")
+    return {"input_ids": ids.contiguous(), "logits": full.contiguous(), "logits_decode": dec.contiguous()}
+
+
+def save(model: torch.nn.Module, d: Path, ref: dict, **save_kwargs) -> None:
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    model.save_pretrained(str(d), **save_kwargs)
+    for f in sorted(os.listdir(d)):
+        if not (f == "config.json" or f.endswith(".safetensors") or f.endswith(".index.json")):
+            os.remove(d / f)
+    save_file(ref, str(d / "reference.safetensors"), metadata={"made_by": "scripts/make_tiny_decoders.py; " + versions()})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=Path("fixtures"), type=Path)
+    ap.add_argument("--only", nargs="*", default=None)
+    args = ap.parse_args()
+    print(versions())
+    for name, (cfg_name, kwargs) in ARCHS.items():
+        if args.only and name not in args.only:
+            continue
+        print(name)
+        model = build(cfg_name, kwargs)
+        ref = reference(model, model.config.vocab_size)
+        if name != "llama":  # fixtures/tiny-llama (with its GGUF copy) comes from make_fixtures.py
+            save(model, args.out / f"tiny-{name.replace('_text', '')}", ref)
+        else:
+            save(model, args.out / "tiny-llama-sharded", ref, max_shard_size="150KB")
+            for dt, label in ((torch.bfloat16, "bf16"), (torch.float16, "f16")):
+                rounded = build(cfg_name, kwargs)
+                with torch.no_grad():
+                    for p in rounded.parameters():
+                        p.copy_(p.to(dt).to(torch.float32))
+                print(f"llama {label}")
+                r = reference(rounded, rounded.config.vocab_size)
+                save(rounded.to(dt), args.out / f"tiny-llama-{label}", r)
+
+
+if __name__ == "__main__":
+    main()
