@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use plinth_core::{Error, Result};
 use plinth_io::{gguf::GgufFile, names, safetensors::SafetensorsWeights};
 
-use crate::layers::{QLinear, RopeStyle};
+use crate::layers::QLinear;
 
 /// Where weights are read from.
 pub enum Weights {
@@ -22,23 +22,21 @@ impl Weights {
         Device::Cpu
     }
 
-    fn gguf_name(hf: &str) -> Result<String> {
-        names::hf_to_gguf(hf).ok_or_else(|| Error::invalid("tensor name", format!("'{hf}' has no GGUF equivalent in the name table")))
+    fn gguf_name(g: &GgufFile, hf: &str) -> Result<String> {
+        let arch = g.architecture()?;
+        names::hf_to_gguf(arch, hf)
+            .ok_or_else(|| Error::invalid("tensor name", format!("'{hf}' has no GGUF equivalent for architecture '{arch}'")))
     }
 
     pub fn contains(&self, hf: &str) -> bool {
         match self {
-            Weights::Gguf(g) => Self::gguf_name(hf).is_ok_and(|n| g.tensor_info(&n).is_some()),
+            Weights::Gguf(g) => Self::gguf_name(g, hf).is_ok_and(|n| g.tensor_info(&n).is_some()),
             Weights::Safetensors(s) => s.contains(hf),
         }
     }
 
-    /// The rotary layout the q/k weights were stored for.
-    pub fn rope_style(&self) -> RopeStyle {
-        match self {
-            Weights::Gguf(_) => RopeStyle::Interleaved,
-            Weights::Safetensors(_) => RopeStyle::Half,
-        }
+    pub fn is_gguf(&self) -> bool {
+        matches!(self, Weights::Gguf(_))
     }
 
     fn check(name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
@@ -51,7 +49,7 @@ impl Weights {
     /// A dense f32 tensor (norm weights, biases, embeddings), dequantized if needed.
     pub fn tensor(&self, hf: &str, shape: &[usize]) -> Result<Tensor> {
         let t = match self {
-            Weights::Gguf(g) => g.qtensor(&Self::gguf_name(hf)?, &Device::Cpu)?.dequantize(&Device::Cpu)?,
+            Weights::Gguf(g) => g.qtensor(&Self::gguf_name(g, hf)?, &Device::Cpu)?.dequantize(&Device::Cpu)?,
             Weights::Safetensors(s) => s.load(hf, DType::F32, &Device::Cpu)?,
         };
         Self::check(hf, shape, t.dims())?;
@@ -61,7 +59,7 @@ impl Weights {
     /// A weight kept in its stored quantization (f32 for safetensors).
     pub fn qtensor(&self, hf: &str, shape: &[usize]) -> Result<Arc<QTensor>> {
         let q = match self {
-            Weights::Gguf(g) => g.qtensor(&Self::gguf_name(hf)?, &Device::Cpu)?,
+            Weights::Gguf(g) => g.qtensor(&Self::gguf_name(g, hf)?, &Device::Cpu)?,
             Weights::Safetensors(s) => QTensor::quantize(&s.load(hf, DType::F32, &Device::Cpu)?, candle_core::quantized::GgmlDType::F32)?,
         };
         Self::check(hf, shape, q.shape().dims())?;

@@ -68,7 +68,7 @@ fn gguf_report(g: &GgufFile) -> Result<Report> {
     Ok(Report {
         path: g.path().display().to_string(),
         format: "gguf",
-        supported: plinth_models::supported_architectures().split(", ").any(|a| a == arch),
+        supported: plinth_models::is_supported(&arch),
         parameters: g.tensors.iter().map(|t| t.elem_count()).sum(),
         file_bytes: g.file_size(),
         context_length: g.get_usize(&key("context_length")),
@@ -96,7 +96,7 @@ fn dir_report(dir: &std::path::Path) -> Result<Report> {
     Ok(Report {
         path: dir.display().to_string(),
         format: "safetensors",
-        supported: plinth_models::supported_architectures().split(", ").any(|a| a == arch),
+        supported: plinth_models::is_supported(&arch),
         parameters: infos.iter().map(|i| i.2.iter().product::<usize>()).sum(),
         file_bytes: infos.iter().map(|i| i.3).sum(),
         context_length: u("max_position_embeddings"),

@@ -5,7 +5,7 @@ pub mod linear;
 pub mod norm;
 pub mod rope;
 
-pub use attention::{causal_mask, scaled_dot_product_attention};
+pub use attention::{causal_mask, needs_mask, scaled_dot_product_attention, AttentionOptions, Masks};
 pub use linear::{Linear, QLinear};
-pub use norm::RmsNorm;
+pub use norm::{LayerNorm, RmsNorm};
 pub use rope::{RopeScaling, RopeStyle, RotaryEmbedding};

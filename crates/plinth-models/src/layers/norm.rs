@@ -13,10 +13,33 @@ impl RmsNorm {
     pub fn new(weight: Tensor, eps: f64) -> Self {
         RmsNorm { weight, eps: eps as f32 }
     }
+    /// Gemma stores `w` and scales by `1 + w`.
+    pub fn new_one_plus(weight: Tensor, eps: f64) -> Result<Self> {
+        Ok(RmsNorm { weight: (weight + 1.0)?, eps: eps as f32 })
+    }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
     }
     pub fn params(&self) -> usize {
         self.weight.elem_count()
+    }
+}
+
+/// Layer norm with weight and bias: `(x - mean) / sqrt(var + eps) * w + b`.
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        LayerNorm { weight, bias, eps: eps as f32 }
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)?)
+    }
+    pub fn params(&self) -> usize {
+        self.weight.elem_count() + self.bias.elem_count()
     }
 }

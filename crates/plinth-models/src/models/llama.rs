@@ -1,7 +1,10 @@
-//! The Llama family decoder (Llama 2/3.x, SmolLM2, TinyLlama and their relatives): RMSNorm,
-//! rotary embeddings with optional scaling, grouped-query attention, SwiGLU MLP, tied or
-//! separate output head. Tensor names are Hugging Face's; GGUF files arrive through the name
-//! table.
+//! The Llama decoder (Llama 2/3.x, SmolLM2, TinyLlama): RMSNorm, rotary embeddings with
+//! optional scaling, grouped-query attention, SwiGLU MLP, tied or separate output head. Tensor
+//! names are Hugging Face's; GGUF files arrive through the name table.
+//!
+//! The same block, with options, is the body of the close relatives that have their own files:
+//! `mistral` (sliding window), `qwen2` (q/k/v biases, found from the weights), `qwen3` (q/k
+//! RMSNorm per head).
 
 use std::sync::Arc;
 
@@ -10,9 +13,39 @@ use candle_core::{Device, Tensor};
 use plinth_core::{Error, Result};
 use plinth_io::gguf::GgufFile;
 
-use crate::layers::{causal_mask, scaled_dot_product_attention, Linear, QLinear, RmsNorm, RopeScaling, RotaryEmbedding};
+use crate::layers::{scaled_dot_product_attention, AttentionOptions, Linear, Masks, QLinear, RmsNorm, RopeScaling, RopeStyle, RotaryEmbedding};
 use crate::weights::Weights;
 use crate::{Decoder, DecoderInfo, KvCache};
+
+/// Transformers' defaults for fields a `config.json` may omit, per `model_type`.
+#[derive(Debug, Clone)]
+pub struct HfDefaults {
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub qk_norm: bool,
+    /// Whether `sliding_window` applies without `use_sliding_window` (Mistral: yes; Qwen: no).
+    pub sliding_by_default: bool,
+}
+
+/// Per-layer windows from `layer_types` (transformers v5) or the older `sliding_window`,
+/// `use_sliding_window` and `max_window_layers` fields.
+pub fn hf_layer_windows(json: &serde_json::Value, n: usize, d: &HfDefaults) -> Vec<Option<usize>> {
+    let window = json.get("sliding_window").and_then(|v| v.as_u64()).map(|v| v as usize);
+    if let Some(types) = json.get("layer_types").and_then(|v| v.as_array()) {
+        return (0..n)
+            .map(|i| match types.get(i).and_then(|t| t.as_str()) {
+                Some("sliding_attention") => window,
+                _ => None,
+            })
+            .collect();
+    }
+    let enabled = json.get("use_sliding_window").and_then(|v| v.as_bool()).unwrap_or(d.sliding_by_default);
+    if !enabled {
+        return vec![None; n];
+    }
+    let from = if d.sliding_by_default { 0 } else { json.get("max_window_layers").and_then(|v| v.as_u64()).unwrap_or(0) as usize };
+    (0..n).map(|i| if i >= from { window } else { None }).collect()
+}
 
 /// Hyper-parameters, from GGUF metadata or a Hugging Face `config.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +62,10 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
     pub tie_word_embeddings: bool,
+    /// Per-layer sliding attention window (`None` = full attention).
+    pub layer_windows: Vec<Option<usize>>,
+    /// Qwen 3: RMSNorm over each head of q and k before the rotary embedding.
+    pub qk_norm: bool,
 }
 
 impl LlamaConfig {
@@ -69,13 +106,18 @@ impl LlamaConfig {
             rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10_000.0),
             rope_scaling: scaling,
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
+            layer_windows: Vec::new(),
+            qk_norm: g.tensor_info("blk.0.attn_q_norm.weight").is_some(),
         };
+        let window = g.get_usize(&k("attention.sliding_window"));
+        let cfg = LlamaConfig { layer_windows: vec![window; cfg.num_layers], ..cfg };
         cfg.validate(g.path())?;
         Ok(cfg)
     }
 
-    /// Reads a Hugging Face `config.json` (older and transformers-v5 spellings of rope fields).
-    pub fn from_hf(json: &serde_json::Value, path: &std::path::Path) -> Result<Self> {
+    /// Reads a Hugging Face `config.json` (older and transformers-v5 spellings of rope fields);
+    /// `d` holds the transformers defaults of the `model_type` for fields the file leaves out.
+    pub fn from_hf(json: &serde_json::Value, path: &std::path::Path, d: &HfDefaults) -> Result<Self> {
         let u = |key: &str| -> Result<usize> {
             json.get(key)
                 .and_then(|v| v.as_u64())
@@ -117,12 +159,15 @@ impl LlamaConfig {
             num_heads,
             num_kv_heads,
             head_dim: u("head_dim").unwrap_or(hidden_size / num_heads.max(1)),
-            max_position_embeddings: u("max_position_embeddings").unwrap_or(2048),
+            max_position_embeddings: u("max_position_embeddings").unwrap_or(d.max_position_embeddings),
             rms_norm_eps: f("rms_norm_eps", 1e-6),
             rope_theta,
             rope_scaling,
-            tie_word_embeddings: json.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+            tie_word_embeddings: json.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(d.tie_word_embeddings),
+            layer_windows: Vec::new(),
+            qk_norm: d.qk_norm,
         };
+        let cfg = LlamaConfig { layer_windows: hf_layer_windows(json, cfg.num_layers, d), ..cfg };
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -151,6 +196,8 @@ struct Attention {
     k_proj: QLinear,
     v_proj: QLinear,
     o_proj: QLinear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
 }
 
 struct Mlp {
@@ -160,6 +207,7 @@ struct Mlp {
 }
 
 struct Layer {
+    window: Option<usize>,
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
@@ -184,7 +232,7 @@ pub struct Llama {
 }
 
 impl Llama {
-    pub fn load(cfg: LlamaConfig, w: &Weights, architecture: &str) -> Result<Self> {
+    pub fn load(cfg: LlamaConfig, w: &Weights, architecture: &str, rope_style: RopeStyle) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let embed_name = "model.embed_tokens.weight";
         let embed_q = w.qtensor(embed_name, &[cfg.vocab_size, h])?;
@@ -201,13 +249,19 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
+            let head_norm = |n: &str| -> Result<Option<RmsNorm>> {
+                Ok(if cfg.qk_norm { Some(RmsNorm::new(w.tensor(&format!("{p}.self_attn.{n}.weight"), &[hd])?, cfg.rms_norm_eps)) } else { None })
+            };
             layers.push(Layer {
+                window: cfg.layer_windows.get(i).copied().flatten(),
                 input_layernorm: RmsNorm::new(w.tensor(&format!("{p}.input_layernorm.weight"), &[h])?, cfg.rms_norm_eps),
                 self_attn: Attention {
                     q_proj: w.linear(&format!("{p}.self_attn.q_proj"), cfg.num_heads * hd, h)?,
                     k_proj: w.linear(&format!("{p}.self_attn.k_proj"), cfg.num_kv_heads * hd, h)?,
                     v_proj: w.linear(&format!("{p}.self_attn.v_proj"), cfg.num_kv_heads * hd, h)?,
                     o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h, cfg.num_heads * hd)?,
+                    q_norm: head_norm("q_norm")?,
+                    k_norm: head_norm("k_norm")?,
                 },
                 post_attention_layernorm: RmsNorm::new(
                     w.tensor(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
@@ -233,13 +287,15 @@ impl Llama {
             cfg.rope_theta,
             cfg.rope_scaling.as_ref(),
             freq_factors.as_deref(),
-            w.rope_style(),
+            rope_style,
             &w.device(),
         )?;
         let layer_params: usize = layers
             .iter()
             .map(|l| {
                 l.input_layernorm.params()
+                    + l.self_attn.q_norm.as_ref().map_or(0, |n| n.params())
+                    + l.self_attn.k_norm.as_ref().map_or(0, |n| n.params())
                     + l.post_attention_layernorm.params()
                     + [&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj, &l.self_attn.o_proj]
                         .iter()
@@ -277,7 +333,7 @@ impl Llama {
 }
 
 impl Layer {
-    fn forward(&self, cfg: &LlamaConfig, rope: &RotaryEmbedding, x: &Tensor, layer: usize, cache: &mut KvCache, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(&self, cfg: &LlamaConfig, rope: &RotaryEmbedding, x: &Tensor, layer: usize, cache: &mut KvCache, masks: &Masks) -> Result<Tensor> {
         let (b, seq, _) = x.dims3()?;
         let start = cache.len();
         let h = self.input_layernorm.forward(x)?;
@@ -285,11 +341,12 @@ impl Layer {
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((b, seq, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = rope.apply(&heads(a.q_proj.forward(&h)?, cfg.num_heads)?, start)?;
-        let k = rope.apply(&heads(a.k_proj.forward(&h)?, cfg.num_kv_heads)?, start)?;
+        let norm = |t: Tensor, n: &Option<RmsNorm>| -> Result<Tensor> { n.as_ref().map_or(Ok(t.clone()), |n| n.forward(&t)) };
+        let q = rope.apply(&norm(heads(a.q_proj.forward(&h)?, cfg.num_heads)?, &a.q_norm)?, start)?;
+        let k = rope.apply(&norm(heads(a.k_proj.forward(&h)?, cfg.num_kv_heads)?, &a.k_norm)?, start)?;
         let v = heads(a.v_proj.forward(&h)?, cfg.num_kv_heads)?;
         let (k, v) = cache.append(layer, &k, &v)?;
-        let attn = scaled_dot_product_attention(&q, &k, &v, mask)?;
+        let attn = scaled_dot_product_attention(&q, &k, &v, masks.get(self.window)?, AttentionOptions::default())?;
         let attn = attn.transpose(1, 2)?.reshape((b, seq, cfg.num_heads * cfg.head_dim))?;
         let x = (x + a.o_proj.forward(&attn)?)?;
         let h = self.post_attention_layernorm.forward(&x)?;
@@ -319,13 +376,34 @@ impl Decoder for Llama {
         }
         let ids_t = Tensor::new(ids, &self.device)?;
         let mut x = self.embed(&ids_t)?.unsqueeze(0)?;
-        let mask = if seq > 1 { Some(causal_mask(seq, start, &self.device)?) } else { None };
+        let masks = Masks::new(seq, start, &self.layers.iter().map(|l| l.window).collect::<Vec<_>>(), &self.device)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&self.cfg, &self.rope, &x, i, cache, mask.as_ref())?;
+            x = layer.forward(&self.cfg, &self.rope, &x, i, cache, &masks)?;
         }
         cache.advance(seq);
         let x = if all_logits { x } else { x.narrow(1, seq - 1, 1)? };
         let x = self.norm.forward(&x)?;
         Ok(self.lm_head.forward(&x)?.squeeze(0)?)
     }
+}
+
+/// Transformers' `LlamaConfig` defaults.
+pub const LLAMA_DEFAULTS: HfDefaults =
+    HfDefaults { max_position_embeddings: 2048, tie_word_embeddings: false, qk_norm: false, sliding_by_default: false };
+
+/// Builds a Llama-family model from a `config.json` with the given `model_type` defaults.
+pub fn load_family_hf(json: &serde_json::Value, path: &std::path::Path, w: &Weights, model_type: &str, d: &HfDefaults) -> Result<Box<dyn Decoder>> {
+    let cfg = LlamaConfig::from_hf(json, path, d)?;
+    Ok(Box::new(Llama::load(cfg, w, model_type, RopeStyle::Half)?))
+}
+
+/// Builds a Llama-family model from GGUF metadata. llama.cpp permutes Llama's q/k rows for its
+/// interleaved rotary layout; the other families keep Hugging Face's half-split layout.
+pub fn load_family_gguf(g: &GgufFile, w: &Weights, arch: &str) -> Result<Box<dyn Decoder>> {
+    let style = if arch == "llama" { RopeStyle::Interleaved } else { RopeStyle::Half };
+    Ok(Box::new(Llama::load(LlamaConfig::from_gguf(g)?, w, arch, style)?))
+}
+
+pub fn load_hf(json: &serde_json::Value, path: &std::path::Path, w: &Weights, model_type: &str) -> Result<Box<dyn Decoder>> {
+    load_family_hf(json, path, w, model_type, &LLAMA_DEFAULTS)
 }
