@@ -97,6 +97,52 @@ def save(model: torch.nn.Module, d: Path, ref: dict, **save_kwargs) -> None:
     save_file(ref, str(d / "reference.safetensors"), metadata={"made_by": "scripts/make_tiny_decoders.py; " + versions()})
 
 
+# HF -> llama.cpp names for the Llama-family layers (mirrors crates/plinth-io/src/names.rs).
+GGUF_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def export_qwen2_gguf(model: torch.nn.Module, path: Path) -> None:
+    """The same weights as a llama.cpp-style `qwen2` GGUF (F32; Qwen keeps HF's q/k row order)."""
+    import gguf
+
+    cfg = model.config
+    w = gguf.GGUFWriter(str(path), "qwen2")
+    w.add_name("tiny-qwen2")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    w.add_rope_freq_base(float(rope))
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_file_type(0)
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    if not cfg.tie_word_embeddings:
+        w.add_tensor("output.weight", sd["lm_head.weight"])
+    for i in range(cfg.num_hidden_layers):
+        for hf, g in GGUF_LAYER_NAMES.items():
+            key = f"model.layers.{i}.{hf}"
+            if key in sd:
+                w.add_tensor(f"blk.{i}.{g}", sd[key])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=Path("fixtures"), type=Path)
@@ -111,6 +157,8 @@ def main() -> None:
         ref = reference(model, model.config.vocab_size)
         if name != "llama":  # fixtures/tiny-llama (with its GGUF copy) comes from make_fixtures.py
             save(model, args.out / f"tiny-{name.replace('_text', '')}", ref)
+            if name == "qwen2":
+                export_qwen2_gguf(model, args.out / "tiny-qwen2" / "model.gguf")
         else:
             save(model, args.out / "tiny-llama-sharded", ref, max_shard_size="150KB")
             for dt, label in ((torch.bfloat16, "bf16"), (torch.float16, "f16")):

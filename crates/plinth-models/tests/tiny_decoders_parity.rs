@@ -12,13 +12,18 @@ const TOL: f32 = 1e-4;
 
 /// Loads `fixtures/<dir>` and checks it against its `reference.safetensors`.
 pub fn check_parity(dir: &str, tol: f32) {
+    check_parity_of(dir, ModelLocation::Dir(fixture(dir)), tol)
+}
+
+/// Checks the model at `loc` against `fixtures/<dir>/reference.safetensors`.
+fn check_parity_of(dir: &str, loc: ModelLocation, tol: f32) {
     let path = fixture(dir);
     let r = safetensors::load(path.join("reference.safetensors"), &Device::Cpu).unwrap();
     let ids: Vec<u32> = r["input_ids"].flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|i| i as u32).collect();
     let want = r["logits"].to_vec2::<f32>().unwrap();
     let want_decode = r["logits_decode"].to_vec2::<f32>().unwrap();
 
-    let m = load_decoder(&ModelLocation::Dir(path.clone())).unwrap_or_else(|e| panic!("{dir}: {e}")).model;
+    let m = load_decoder(&loc).unwrap_or_else(|e| panic!("{dir}: {e}")).model;
     let mut cache = m.new_cache();
     let got = m.forward(&ids, &mut cache, true).unwrap().to_vec2::<f32>().unwrap();
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -40,6 +45,11 @@ fn mistral_sliding_window() {
 #[test]
 fn qwen2_attention_bias_tied_embeddings() {
     check_parity("tiny-qwen2", TOL);
+}
+
+#[test]
+fn qwen2_from_gguf_matches_transformers() {
+    check_parity_of("tiny-qwen2", ModelLocation::Gguf(fixture("tiny-qwen2/model.gguf")), TOL);
 }
 
 #[test]
