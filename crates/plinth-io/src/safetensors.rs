@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{safetensors::MmapedSafetensors, DType, Device, Tensor};
+use candle_core::{quantized::GgmlDType, safetensors::MmapedSafetensors, DType, Device, Tensor};
 use plinth_core::{Error, Result};
 
 /// A Hugging Face model directory's weights.
@@ -12,6 +12,7 @@ pub struct SafetensorsWeights {
     dir: PathBuf,
     inner: MmapedSafetensors,
     names: HashMap<String, ()>,
+    quantize: Option<GgmlDType>,
 }
 
 impl SafetensorsWeights {
@@ -49,7 +50,18 @@ impl SafetensorsWeights {
         let inner = unsafe { MmapedSafetensors::multi(&files) }
             .map_err(|e| Error::format(&files[0], e.to_string()))?;
         let names = inner.tensors().into_iter().map(|(n, _)| (n, ())).collect();
-        Ok(SafetensorsWeights { dir: dir.to_path_buf(), inner, names })
+        Ok(SafetensorsWeights { dir: dir.to_path_buf(), inner, names, quantize: None })
+    }
+
+    /// Asks for linear-layer weights to be quantized to `dtype` as they are loaded (in-situ
+    /// quantization), trading accuracy for memory and bandwidth.
+    pub fn with_quantize(mut self, dtype: Option<GgmlDType>) -> Self {
+        self.quantize = dtype;
+        self
+    }
+
+    pub fn quantize(&self) -> Option<GgmlDType> {
+        self.quantize
     }
 
     pub fn contains(&self, name: &str) -> bool {

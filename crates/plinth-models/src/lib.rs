@@ -13,7 +13,7 @@ pub mod registry;
 pub mod weights;
 
 pub use kv::KvCache;
-pub use registry::{is_supported, load_decoder, supported_architectures, LoadedDecoder};
+pub use registry::{is_supported, load_decoder, load_decoder_with, parse_quantize, supported_architectures, LoadOptions, LoadedDecoder};
 
 use candle_core::Tensor;
 use plinth_core::Result;

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use candle_core::quantized::GgmlDType;
 use plinth_core::{Error, Result};
 use plinth_io::{fetch::ModelLocation, gguf::GgufFile, safetensors::{self, SafetensorsWeights}};
 
@@ -31,6 +32,10 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture { names: &["mistral"], hf: models::mistral::load_hf, gguf: None },
     Architecture { names: &["qwen2"], hf: models::qwen2::load_hf, gguf: Some(models::llama::load_family_gguf) },
     Architecture { names: &["qwen3"], hf: models::qwen3::load_hf, gguf: Some(models::llama::load_family_gguf) },
+    Architecture { names: &["gpt2"], hf: models::gpt2::load_hf, gguf: Some(models::gpt2::load_gguf) },
+    Architecture { names: &["phi3"], hf: models::phi3::load_hf, gguf: None },
+    Architecture { names: &["gemma2"], hf: models::gemma2::load_hf, gguf: None },
+    Architecture { names: &["gemma3_text"], hf: models::gemma3::load_hf, gguf: None },
     // New architectures: one line above this comment.
 ];
 
@@ -57,9 +62,40 @@ fn unknown(name: &str) -> Error {
     Error::UnknownArchitecture { name: name.to_string(), supported: supported_architectures() }
 }
 
+/// How to load a model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// In-situ quantization of safetensors linear weights (`q8_0`, `q4_0`, `q4_k`, ...).
+    pub quantize: Option<GgmlDType>,
+}
+
+/// Parses a `--quantize` name.
+pub fn parse_quantize(name: &str) -> Result<GgmlDType> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "q8_0" => GgmlDType::Q8_0,
+        "q4_0" => GgmlDType::Q4_0,
+        "q4_1" => GgmlDType::Q4_1,
+        "q5_0" => GgmlDType::Q5_0,
+        "q4_k" => GgmlDType::Q4K,
+        "q5_k" => GgmlDType::Q5K,
+        "q6_k" => GgmlDType::Q6K,
+        "f16" => GgmlDType::F16,
+        other => return Err(Error::invalid("quantization", format!("'{other}' (choose q8_0, q4_0, q4_1, q5_0, q4_k, q5_k, q6_k or f16)"))),
+    })
+}
+
 /// Loads a decoder from a GGUF file or a Hugging Face directory.
 pub fn load_decoder(loc: &ModelLocation) -> Result<LoadedDecoder> {
+    load_decoder_with(loc, LoadOptions::default())
+}
+
+/// [`load_decoder`] with options.
+pub fn load_decoder_with(loc: &ModelLocation, opts: LoadOptions) -> Result<LoadedDecoder> {
     match loc {
+        ModelLocation::Gguf(path) if opts.quantize.is_some() => Err(Error::invalid(
+            "--quantize",
+            format!("{} is a GGUF file and already quantized; in-situ quantization applies to safetensors models", path.display()),
+        )),
         ModelLocation::Gguf(path) => {
             let g = Arc::new(GgufFile::open(path)?);
             let arch = g.architecture()?.to_string();
@@ -67,11 +103,11 @@ pub fn load_decoder(loc: &ModelLocation) -> Result<LoadedDecoder> {
             let model = loader(&g, &Weights::Gguf(g.clone()), &arch)?;
             Ok(LoadedDecoder { model, gguf: Some(g) })
         }
-        ModelLocation::Dir(dir) => load_hf_dir(dir),
+        ModelLocation::Dir(dir) => load_hf_dir(dir, opts),
     }
 }
 
-fn load_hf_dir(dir: &Path) -> Result<LoadedDecoder> {
+fn load_hf_dir(dir: &Path, opts: LoadOptions) -> Result<LoadedDecoder> {
     let json = safetensors::read_config(dir)?;
     let config_path = dir.join("config.json");
     let model_type = json
@@ -80,6 +116,6 @@ fn load_hf_dir(dir: &Path) -> Result<LoadedDecoder> {
         .ok_or_else(|| Error::missing(&config_path, "config field 'model_type'"))?
         .to_string();
     let arch = find(&model_type).ok_or_else(|| Error::format(&config_path, unknown(&model_type).to_string()))?;
-    let w = Weights::Safetensors(Arc::new(SafetensorsWeights::open_dir(dir)?));
+    let w = Weights::Safetensors(Arc::new(SafetensorsWeights::open_dir(dir)?.with_quantize(opts.quantize)));
     Ok(LoadedDecoder { model: (arch.hf)(&json, &config_path, &w, &model_type)?, gguf: None })
 }

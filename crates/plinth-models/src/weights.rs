@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use plinth_core::{Error, Result};
 use plinth_io::{gguf::GgufFile, names, safetensors::SafetensorsWeights};
@@ -56,11 +56,20 @@ impl Weights {
         Ok(t)
     }
 
-    /// A weight kept in its stored quantization (f32 for safetensors).
+    /// A weight kept in its stored quantization; safetensors weights are f32, or quantized to
+    /// the in-situ type when one was asked for and the row length fits its block size.
     pub fn qtensor(&self, hf: &str, shape: &[usize]) -> Result<Arc<QTensor>> {
         let q = match self {
             Weights::Gguf(g) => g.qtensor(&Self::gguf_name(g, hf)?, &Device::Cpu)?,
-            Weights::Safetensors(s) => QTensor::quantize(&s.load(hf, DType::F32, &Device::Cpu)?, candle_core::quantized::GgmlDType::F32)?,
+            Weights::Safetensors(s) => {
+                let t = s.load(hf, DType::F32, &Device::Cpu)?;
+                Self::check(hf, shape, t.dims())?;
+                let dtype = match s.quantize() {
+                    Some(q) if shape.last().is_some_and(|&n| n % q.block_size() == 0) => q,
+                    _ => GgmlDType::F32,
+                };
+                QTensor::quantize(&t, dtype)?
+            }
         };
         Self::check(hf, shape, q.shape().dims())?;
         Ok(Arc::new(q))
@@ -72,8 +81,8 @@ impl Weights {
         let bias = if self.contains(&bias_name) { Some(self.tensor(&bias_name, &[out_dim])?) } else { None };
         let w_name = format!("{prefix}.weight");
         match self {
-            Weights::Safetensors(_) => Ok(QLinear::from_tensor(self.tensor(&w_name, &[out_dim, in_dim])?, bias)),
-            Weights::Gguf(_) => QLinear::from_qtensor(self.qtensor(&w_name, &[out_dim, in_dim])?, bias),
+            Weights::Safetensors(s) if s.quantize().is_none() => Ok(QLinear::from_tensor(self.tensor(&w_name, &[out_dim, in_dim])?, bias)),
+            _ => QLinear::from_qtensor(self.qtensor(&w_name, &[out_dim, in_dim])?, bias),
         }
     }
 }
