@@ -31,7 +31,7 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Describe a model: architecture, size, tensor types, tokenizer, what it can do.
     Inspect(InspectArgs),
-    /// Download a known model into the cache ($PLINTH_HOME) and verify its checksum.
+    /// Download a known model into the cache ($PLINTH_HOME), or a Hugging Face repository.
     Pull(PullArgs),
     /// Measure prefill and decode speed, time to first token and peak memory.
     Bench(BenchArgs),
@@ -39,9 +39,13 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArg {
-    /// A .gguf file, a model directory, or a known name (see `plinth pull --list`).
+    /// A .gguf file, a model directory, a known name (see `plinth pull --list`) or a Hugging
+    /// Face repository `org/name` (from the Hugging Face cache; downloaded when missing).
     #[arg(short, long, env = "PLINTH_MODEL", default_value = plinth_io::catalog::DEFAULT_LLM)]
     pub model: String,
+    /// Quantize a safetensors model's linear weights while loading (q8_0, q4_0, q4_k, ...).
+    #[arg(long, env = "PLINTH_QUANTIZE")]
+    pub quantize: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -118,7 +122,8 @@ pub struct InspectArgs {
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
-    /// Known model name.
+    /// A known model name, or a Hugging Face repository `org/name` (downloaded into the
+    /// Hugging Face cache: $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub).
     #[arg(required_unless_present = "list")]
     pub name: Option<String>,
     /// List known model names and whether they are cached.

@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 use plinth_io::fetch::{self, FetchOptions, ModelLocation};
-use plinth_models::{load_decoder, Decoder};
+use plinth_models::{load_decoder_with, parse_quantize, Decoder, LoadOptions};
+
+use crate::cli::ModelArg;
 use plinth_tokenize::Tokenizer;
 
 pub struct Loaded {
@@ -18,9 +20,10 @@ pub fn resolve(spec: &str) -> Result<ModelLocation> {
     Ok(fetch::resolve(spec, FetchOptions { progress, download: true })?)
 }
 
-pub fn load(spec: &str) -> Result<Loaded> {
-    let location = resolve(spec)?;
-    let loaded = load_decoder(&location)?;
+pub fn load(arg: &ModelArg) -> Result<Loaded> {
+    let quantize = arg.quantize.as_deref().map(parse_quantize).transpose()?;
+    let location = resolve(&arg.model)?;
+    let loaded = load_decoder_with(&location, LoadOptions { quantize })?;
     let tokenizer = match &loaded.gguf {
         Some(g) => Tokenizer::from_gguf(g)?,
         None => Tokenizer::from_file(&location.path().join("tokenizer.json"))?,

@@ -68,6 +68,9 @@ pub fn resolve(spec: &str, opts: FetchOptions) -> Result<ModelLocation> {
             ModelLocation::Gguf(path.to_path_buf())
         });
     }
+    if catalog::lookup(spec).is_none() && is_hub_id(spec) {
+        return resolve_hub(spec, opts);
+    }
     let Some(entry) = catalog::lookup(spec) else {
         let looks_like_path = spec.contains('/') || spec.contains('\\') || spec.ends_with(".gguf");
         let why = if looks_like_path {
@@ -88,6 +91,92 @@ pub fn resolve(spec: &str, opts: FetchOptions) -> Result<ModelLocation> {
         });
     }
     Ok(ModelLocation::Gguf(pull(entry, opts)?))
+}
+
+/// `org/name` (one slash, no path-like parts): a Hugging Face Hub repository id.
+pub fn is_hub_id(spec: &str) -> bool {
+    let mut parts = spec.split('/');
+    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p != "." && p != ".." && !p.starts_with('.'));
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none() && !spec.contains('\\')
+}
+
+/// The Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+pub fn hf_hub_cache() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("HF_HUB_CACHE")
+        .or_else(|| env("HF_HOME").map(|h| h.join("hub")))
+        .unwrap_or_else(|| dirs::home_dir().unwrap_or_else(std::env::temp_dir).join(".cache/huggingface/hub"))
+}
+
+fn hf_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The cached snapshot of a repository (`models--org--name/snapshots/<refs/main>`), if any.
+pub fn cached_snapshot(repo: &str) -> Option<PathBuf> {
+    let root = hf_hub_cache().join(format!("models--{}", repo.replace('/', "--")));
+    let commit = std::fs::read_to_string(root.join("refs/main")).ok()?;
+    let snap = root.join("snapshots").join(commit.trim());
+    snap.join("config.json").exists().then_some(snap)
+}
+
+fn resolve_hub(repo: &str, opts: FetchOptions) -> Result<ModelLocation> {
+    if let Some(snap) = cached_snapshot(repo) {
+        return Ok(ModelLocation::Dir(snap));
+    }
+    let cache = hf_hub_cache();
+    if hf_offline() || !opts.download {
+        return Err(Error::Fetch {
+            name: repo.to_string(),
+            why: format!(
+                "not in the Hugging Face cache ({}){}; run `plinth pull {repo}` where the Hub is reachable",
+                cache.display(),
+                if hf_offline() { " and HF_HUB_OFFLINE is set" } else { "" }
+            ),
+        });
+    }
+    Ok(ModelLocation::Dir(pull_hub(repo, opts)?))
+}
+
+/// Files of a Hugging Face model repository that plinth needs.
+fn wanted(file: &str) -> bool {
+    matches!(
+        file,
+        "config.json"
+            | "generation_config.json"
+            | "tokenizer.json"
+            | "tokenizer_config.json"
+            | "special_tokens_map.json"
+            | "chat_template.jinja"
+            | "model.safetensors.index.json"
+            | "modules.json"
+    ) || (file.ends_with(".safetensors") && !file.contains('/'))
+        || file.starts_with("1_Pooling/")
+}
+
+/// Downloads a safetensors repository into the Hugging Face cache (standard layout, so other
+/// tools share it) with a progress bar per file; returns the snapshot directory.
+pub fn pull_hub(repo: &str, opts: FetchOptions) -> Result<PathBuf> {
+    use hf_hub::api::sync::ApiBuilder;
+    if hf_offline() {
+        return Err(Error::Fetch { name: repo.to_string(), why: "HF_HUB_OFFLINE is set; cannot download".into() });
+    }
+    let fail = |e: hf_hub::api::sync::ApiError| Error::Fetch { name: repo.to_string(), why: format!("Hugging Face Hub: {e}") };
+    let api = ApiBuilder::from_env().with_cache_dir(hf_hub_cache()).with_progress(opts.progress).build().map_err(fail)?;
+    let r = api.model(repo.to_string());
+    let info = r.info().map_err(fail)?;
+    let files: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).filter(|f| wanted(f)).collect();
+    if !files.iter().any(|f| f == "config.json") {
+        return Err(Error::Fetch { name: repo.to_string(), why: "the repository has no config.json (not a transformers model?)".into() });
+    }
+    let mut dir = None;
+    for f in &files {
+        let p = r.get(f).map_err(fail)?;
+        if f == "config.json" {
+            dir = p.parent().map(Path::to_path_buf);
+        }
+    }
+    dir.ok_or_else(|| Error::Fetch { name: repo.to_string(), why: "download produced no config.json".into() })
 }
 
 fn find_single_gguf(dir: &Path) -> Result<Option<PathBuf>> {
@@ -248,6 +337,16 @@ fn hash_stream(input: &mut impl Read, mut out: Option<&mut std::fs::File>, total
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hub_ids_are_recognised() {
+        assert!(is_hub_id("Qwen/Qwen2.5-0.5B-Instruct"));
+        assert!(!is_hub_id("./dir"));
+        assert!(!is_hub_id("a/b/c"));
+        assert!(!is_hub_id("/abs"));
+        assert!(!is_hub_id("model.gguf"));
+        assert!(wanted("model-00001-of-00002.safetensors") && wanted("config.json") && !wanted("pytorch_model.bin"));
+    }
 
     #[test]
     fn unknown_name_lists_known_names() {

@@ -48,7 +48,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.runs == 0 || a.prompt_tokens == 0 || a.gen_tokens == 0 {
         anyhow::bail!("--runs, --prompt-tokens and --gen-tokens must be at least 1");
     }
-    let m = load::load(&a.model.model)?;
+    let m = load::load(&a.model)?;
     let ctx = m.model.info().context_length;
     if a.prompt_tokens + a.gen_tokens > ctx {
         anyhow::bail!("--prompt-tokens + --gen-tokens = {} exceeds the model's {ctx}-token context", a.prompt_tokens + a.gen_tokens);

@@ -72,7 +72,7 @@ fn read_input(lines: &mut impl Iterator<Item = std::io::Result<String>>, interac
 
 pub fn run(a: ChatArgs) -> Result<()> {
     let sampling = a.sampling.params()?;
-    let m = load::load(&a.model.model)?;
+    let m = load::load(&a.model)?;
     let template = m.tokenizer.chat()?;
     let mut session = Session::new(m.model.as_ref(), &m.tokenizer).with_context_limit(a.sampling.context);
     let context = session.context_length();

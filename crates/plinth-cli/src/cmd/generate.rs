@@ -23,7 +23,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if prompt.is_empty() {
         anyhow::bail!("the prompt is empty (give --prompt TEXT or pipe text on stdin)");
     }
-    let m = load::load(&a.model.model)?;
+    let m = load::load(&a.model)?;
     let prompt_ids = if a.chat {
         let template = m.tokenizer.chat()?;
         let mut messages = Vec::new();

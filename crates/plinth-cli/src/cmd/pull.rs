@@ -26,6 +26,15 @@ pub fn run(a: PullArgs) -> Result<()> {
         return Ok(());
     }
     let name = a.name.expect("clap requires a name without --list");
+    if catalog::lookup(&name).is_none() && fetch::is_hub_id(&name) {
+        let dir = fetch::pull_hub(&name, FetchOptions { progress: std::io::stderr().is_terminal(), download: true })?;
+        if a.json {
+            println!("{}", json!({"name": name, "path": dir}));
+        } else {
+            println!("{}", dir.display());
+        }
+        return Ok(());
+    }
     let entry = catalog::lookup(&name)
         .ok_or_else(|| anyhow::anyhow!("unknown model name '{name}' (known names: {})", catalog::known_names()))?;
     let path = fetch::pull(entry, FetchOptions { progress: std::io::stderr().is_terminal(), download: true })?;
