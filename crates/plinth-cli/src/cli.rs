@@ -53,21 +53,25 @@ pub struct SamplingArgs {
     /// Maximum number of tokens to generate.
     #[arg(short = 'n', long, default_value_t = 256)]
     pub max_tokens: usize,
-    /// Sampling temperature; 0 means greedy (always the most likely token).
-    #[arg(short, long, default_value_t = 0.8, allow_negative_numbers = true)]
-    pub temperature: f32,
-    /// Keep only the K most likely tokens (0 disables).
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    /// Keep the smallest set of tokens whose probabilities add up to P (1 disables).
-    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
-    pub top_p: f32,
-    /// Drop tokens less likely than MIN_P times the most likely one (0 disables).
-    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
-    pub min_p: f32,
-    /// Penalise tokens seen in the last 64 tokens (1 disables).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub repeat_penalty: f32,
+    /// Sampling temperature; 0 means greedy (always the most likely token). Default: the
+    /// model's generation_config.json, else 0.8.
+    #[arg(short, long, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Keep only the K most likely tokens (0 disables). Default: generation_config.json, else 40.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probabilities add up to P (1 disables). Default:
+    /// generation_config.json, else 0.95.
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than MIN_P times the most likely one (0 disables). Default:
+    /// generation_config.json, else 0.05.
+    #[arg(long, allow_negative_numbers = true)]
+    pub min_p: Option<f32>,
+    /// Penalise tokens seen in the last 64 tokens (1 disables). Default:
+    /// generation_config.json's repetition_penalty, else 1.
+    #[arg(long, allow_negative_numbers = true)]
+    pub repeat_penalty: Option<f32>,
     /// Random seed: the same seed, model and prompt give the same text.
     #[arg(long, default_value_t = 299792458)]
     pub seed: u64,

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use plinth_io::fetch::{self, FetchOptions, ModelLocation};
+use plinth_io::safetensors::{read_generation_defaults, GenerationDefaults};
 use plinth_models::{load_decoder_with, parse_quantize, Decoder, LoadOptions};
 
 use crate::cli::ModelArg;
@@ -12,6 +13,8 @@ pub struct Loaded {
     pub model: Box<dyn Decoder>,
     pub tokenizer: Tokenizer,
     pub location: ModelLocation,
+    /// Sampling defaults the model ships (`generation_config.json`), used where the user gave none.
+    pub generation: GenerationDefaults,
 }
 
 /// Resolves (fetching a catalog model on first use, with a progress bar) and loads.
@@ -28,5 +31,9 @@ pub fn load(arg: &ModelArg) -> Result<Loaded> {
         Some(g) => Tokenizer::from_gguf(g)?,
         None => Tokenizer::from_file(&location.path().join("tokenizer.json"))?,
     };
-    Ok(Loaded { model: loaded.model, tokenizer, location })
+    let generation = match &location {
+        ModelLocation::Dir(d) => read_generation_defaults(d)?,
+        ModelLocation::Gguf(_) => GenerationDefaults::default(),
+    };
+    Ok(Loaded { model: loaded.model, tokenizer, location, generation })
 }

@@ -104,3 +104,25 @@ pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))
 }
+
+/// Sampling defaults from a model directory's `generation_config.json` (all optional).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct GenerationDefaults {
+    pub do_sample: Option<bool>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+/// Reads `generation_config.json` in `dir`; a missing file gives empty defaults, a malformed one
+/// an error naming it.
+pub fn read_generation_defaults(dir: &Path) -> Result<GenerationDefaults> {
+    let path = dir.join("generation_config.json");
+    match std::fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(GenerationDefaults::default()),
+        Err(e) => Err(Error::io(&path, e)),
+        Ok(text) => serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("invalid generation config: {e}"))),
+    }
+}

@@ -71,8 +71,10 @@ fn read_input(lines: &mut impl Iterator<Item = std::io::Result<String>>, interac
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
-    let sampling = a.sampling.params()?;
+    // Flags are checked before the (slow) model load, then merged with the model's defaults.
+    a.sampling.params(&Default::default())?;
     let m = load::load(&a.model)?;
+    let sampling = a.sampling.params(&m.generation)?;
     let template = m.tokenizer.chat()?;
     let mut session = Session::new(m.model.as_ref(), &m.tokenizer).with_context_limit(a.sampling.context);
     let context = session.context_length();

@@ -11,7 +11,8 @@ use crate::cli::GenerateArgs;
 use crate::load;
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    let sampling = a.sampling.params()?;
+    // Flags are checked before the (slow) model load, then merged with the model's defaults.
+    a.sampling.params(&Default::default())?;
     let prompt = match a.prompt {
         Some(p) => p,
         None => {
@@ -24,6 +25,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         anyhow::bail!("the prompt is empty (give --prompt TEXT or pipe text on stdin)");
     }
     let m = load::load(&a.model)?;
+    let sampling = a.sampling.params(&m.generation)?;
     let prompt_ids = if a.chat {
         let template = m.tokenizer.chat()?;
         let mut messages = Vec::new();

@@ -1,0 +1,345 @@
+//! Phi-3 (Phi-3, Phi-3.5-mini, Phi-4-mini; `model_type` "phi3"): the Llama block with fused
+//! weights — one `qkv_proj` for attention and one `gate_up_proj` for the MLP — plus a sliding
+//! window on every layer when the config sets one, partial rotary embeddings, and LongRoPE
+//! scaling. This module owns the config parsing, the LongRoPE short/long tables, and the model.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor, D};
+use plinth_core::{Error, Result};
+
+use crate::layers::{scaled_dot_product_attention, AttentionOptions, Linear, Masks, QLinear, RmsNorm, RopeStyle, RotaryEmbedding};
+use crate::weights::Weights;
+use crate::{Decoder, DecoderInfo, KvCache};
+
+/// LongRoPE ("longrope", older "su"): per-frequency divisors, one set for sequences within the
+/// pretraining length and one beyond it, and a factor on cos/sin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    pub short_factor: Vec<f32>,
+    pub long_factor: Vec<f32>,
+    pub original_max_position: usize,
+    pub attention_factor: f64,
+}
+
+/// Hyper-parameters from a Hugging Face `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phi3Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Leading dimensions of each head that rotate; the rest pass through.
+    pub rotary_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub long_rope: Option<LongRope>,
+    pub tie_word_embeddings: bool,
+    /// Applies to every layer (transformers picks one mask function for the whole model).
+    pub sliding_window: Option<usize>,
+}
+
+impl Phi3Config {
+    /// Reads a `config.json` the way transformers' `Phi3Config` does, with its defaults for
+    /// omitted fields and its precedence of `rope_scaling` over `rope_parameters`.
+    pub fn from_hf(json: &serde_json::Value, path: &Path) -> Result<Self> {
+        let u = |key: &str, default: usize| -> Result<usize> {
+            match json.get(key).filter(|v| !v.is_null()) {
+                None => Ok(default),
+                Some(v) => v.as_u64().map(|v| v as usize).ok_or_else(|| Error::format(path, format!("config field '{key}' is not a non-negative integer"))),
+            }
+        };
+        if let Some(act) = json.get("hidden_act").and_then(|v| v.as_str()).filter(|a| *a != "silu") {
+            return Err(Error::unsupported(path, format!("hidden_act '{act}'")));
+        }
+        let hidden_size = u("hidden_size", 3072)?;
+        let num_heads = u("num_attention_heads", 32)?;
+        let head_dim = u("head_dim", hidden_size / num_heads.max(1))?;
+        let max_position_embeddings = u("max_position_embeddings", 4096)?;
+        let rope = json
+            .get("rope_scaling")
+            .filter(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+            .or_else(|| json.get("rope_parameters").filter(|v| !v.is_null()));
+        let num = |key: &str| rope.and_then(|r| r.get(key)).or_else(|| json.get(key)).and_then(|v| v.as_f64());
+        let rope_theta = num("rope_theta").unwrap_or(10_000.0);
+        let partial = num("partial_rotary_factor").unwrap_or(1.0);
+        // Python's `int()` truncates.
+        let rotary_dim = (head_dim as f64 * partial) as usize;
+        let ty = rope.and_then(|r| r.get("rope_type").or_else(|| r.get("type"))).and_then(|v| v.as_str()).unwrap_or("default");
+        let long_rope = match ty {
+            "default" => None,
+            // Phi3Config renames the older spellings; "yarn" included, oddly, so a yarn config
+            // fails here for want of factor lists, as it does in transformers.
+            "longrope" | "su" | "yarn" => {
+                let r = rope.unwrap_or(&serde_json::Value::Null);
+                let factors = |key: &str| -> Result<Vec<f32>> {
+                    let list = r.get(key).and_then(|v| v.as_array()).ok_or_else(|| Error::missing(path, format!("rope field '{key}'")))?;
+                    let vals: Option<Vec<f32>> = list.iter().map(|x| x.as_f64().map(|x| x as f32)).collect();
+                    match vals {
+                        Some(v) if v.len() == rotary_dim / 2 && v.iter().all(|x| x.is_finite() && *x > 0.0) => Ok(v),
+                        _ => Err(Error::format(path, format!("rope field '{key}' must hold {} positive numbers", rotary_dim / 2))),
+                    }
+                };
+                // Phi3's top-level field wins over one inside the rope dict.
+                let original = u("original_max_position_embeddings", 4096)?;
+                let factor = r.get("factor").and_then(|v| v.as_f64()).unwrap_or(max_position_embeddings as f64 / original.max(1) as f64);
+                let attention_factor = r.get("attention_factor").and_then(|v| v.as_f64()).unwrap_or_else(|| {
+                    if factor <= 1.0 { 1.0 } else { (1.0 + factor.ln() / (original as f64).ln()).sqrt() }
+                });
+                Some(LongRope { short_factor: factors("short_factor")?, long_factor: factors("long_factor")?, original_max_position: original, attention_factor })
+            }
+            other => return Err(Error::unsupported(path, format!("rope scaling type '{other}'"))),
+        };
+        let cfg = Phi3Config {
+            vocab_size: u("vocab_size", 32064)?,
+            hidden_size,
+            intermediate_size: u("intermediate_size", 8192)?,
+            num_layers: u("num_hidden_layers", 32)?,
+            num_heads,
+            num_kv_heads: u("num_key_value_heads", num_heads)?,
+            head_dim,
+            rotary_dim,
+            max_position_embeddings,
+            rms_norm_eps: json.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-5),
+            rope_theta,
+            long_rope,
+            tie_word_embeddings: json.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+            sliding_window: json.get("sliding_window").and_then(|v| v.as_u64()).map(|v| v as usize),
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |what: String| Err(Error::format(path, what));
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return bad(format!("head counts {}/{} are not a valid grouping", self.num_heads, self.num_kv_heads));
+        }
+        if self.head_dim == 0 || self.head_dim > 1024 {
+            return bad(format!("head dimension {} is not in 1..=1024", self.head_dim));
+        }
+        if self.rotary_dim == 0 || !self.rotary_dim.is_multiple_of(2) || self.rotary_dim > self.head_dim {
+            return bad(format!("rotary dimension {} is not a positive even number <= head dimension {}", self.rotary_dim, self.head_dim));
+        }
+        // Bounds that no real model exceeds keep a corrupt config from sizing huge buffers.
+        if self.max_position_embeddings == 0 || self.max_position_embeddings > 1 << 21 {
+            return bad(format!("context length {} is out of range", self.max_position_embeddings));
+        }
+        if self.num_layers == 0 || self.num_layers > 1024 || self.vocab_size == 0 || self.vocab_size > 1 << 22 {
+            return bad(format!("{} layers / vocabulary {} are out of range", self.num_layers, self.vocab_size));
+        }
+        if self.sliding_window == Some(0) {
+            return bad("sliding_window 0 would hide every position".to_string());
+        }
+        if let Some(lr) = &self.long_rope {
+            if lr.original_max_position == 0 || !(lr.attention_factor.is_finite() && lr.attention_factor > 0.0) {
+                return bad(format!("longrope original length {} / attention factor {} are out of range", lr.original_max_position, lr.attention_factor));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rotary tables. With LongRoPE transformers picks short or long factors per forward call from
+/// the call's last position, so cached keys keep whichever set was active when they were
+/// written; plinth does the same to match it.
+struct Rope {
+    short: RotaryEmbedding,
+    /// The long table and the last position (exclusive) the short one serves.
+    long: Option<(RotaryEmbedding, usize)>,
+    rotary_dim: usize,
+    attention_factor: f64,
+}
+
+impl Rope {
+    fn new(cfg: &Phi3Config, device: &Device) -> Result<Self> {
+        let table = |len: usize, factors: Option<&[f32]>| {
+            RotaryEmbedding::new(cfg.rotary_dim, len, cfg.rope_theta, None, factors, RopeStyle::Half, device)
+        };
+        let max = cfg.max_position_embeddings;
+        Ok(match &cfg.long_rope {
+            None => Rope { short: table(max, None)?, long: None, rotary_dim: cfg.rotary_dim, attention_factor: 1.0 },
+            Some(lr) => {
+                let short_len = max.min(lr.original_max_position);
+                Rope {
+                    short: table(short_len, Some(&lr.short_factor))?,
+                    long: Some((table(max, Some(&lr.long_factor))?, short_len)),
+                    rotary_dim: cfg.rotary_dim,
+                    attention_factor: lr.attention_factor,
+                }
+            }
+        })
+    }
+
+    /// The table for a forward call whose positions end (exclusive) at `end`.
+    fn table(&self, end: usize) -> &RotaryEmbedding {
+        match &self.long {
+            Some((long, short_len)) if end > *short_len => long,
+            _ => &self.short,
+        }
+    }
+
+    /// Rotates the leading `rotary_dim` of each head of `x` `[b, heads, seq, head_dim]`.
+    fn apply(&self, table: &RotaryEmbedding, x: &Tensor, start: usize) -> Result<Tensor> {
+        let head_dim = x.dim(D::Minus1)?;
+        let rot = if self.rotary_dim == head_dim { x.clone() } else { x.narrow(D::Minus1, 0, self.rotary_dim)? };
+        let mut rot = table.apply(&rot, start)?;
+        // Transformers scales cos and sin; scaling the rotated part is the same product.
+        if self.attention_factor != 1.0 {
+            rot = (rot * self.attention_factor)?;
+        }
+        if self.rotary_dim == head_dim {
+            return Ok(rot);
+        }
+        let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
+        Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?)
+    }
+}
+
+struct Layer {
+    input_layernorm: RmsNorm,
+    /// Rows: q heads, then k heads, then v heads.
+    qkv_proj: QLinear,
+    o_proj: QLinear,
+    post_attention_layernorm: RmsNorm,
+    /// Rows: gate, then up.
+    gate_up_proj: QLinear,
+    down_proj: QLinear,
+}
+
+/// A loaded Phi-3 model.
+pub struct Phi3 {
+    cfg: Phi3Config,
+    info: DecoderInfo,
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: QLinear,
+    rope: Rope,
+    device: Device,
+}
+
+impl Phi3 {
+    pub fn load(cfg: Phi3Config, w: &Weights, architecture: &str) -> Result<Self> {
+        let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let embed_name = "model.embed_tokens.weight";
+        let tied = cfg.tie_word_embeddings || !w.contains("lm_head.weight");
+        let lm_head = if tied {
+            QLinear::from_qtensor(w.qtensor(embed_name, &[cfg.vocab_size, h])?, None)?
+        } else {
+            w.linear("lm_head", cfg.vocab_size, h)?
+        };
+        let embed_tokens = w.tensor(embed_name, &[cfg.vocab_size, h])?;
+        let qkv_rows = (cfg.num_heads + 2 * cfg.num_kv_heads) * hd;
+        let norm = |name: &str| -> Result<RmsNorm> { Ok(RmsNorm::new(w.tensor(name, &[h])?, cfg.rms_norm_eps)) };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
+                qkv_proj: w.linear(&format!("{p}.self_attn.qkv_proj"), qkv_rows, h)?,
+                o_proj: w.linear(&format!("{p}.self_attn.o_proj"), h, cfg.num_heads * hd)?,
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate_up_proj: w.linear(&format!("{p}.mlp.gate_up_proj"), 2 * inter, h)?,
+                down_proj: w.linear(&format!("{p}.mlp.down_proj"), h, inter)?,
+            });
+        }
+        let norm = norm("model.norm.weight")?;
+        let rope = Rope::new(&cfg, &w.device())?;
+        let layer_params: usize = layers
+            .iter()
+            .map(|l| {
+                l.input_layernorm.params()
+                    + l.post_attention_layernorm.params()
+                    + [&l.qkv_proj, &l.o_proj, &l.gate_up_proj, &l.down_proj].iter().map(|x| x.params()).sum::<usize>()
+            })
+            .sum();
+        let parameters = cfg.vocab_size * h + layer_params + norm.params() + if tied { 0 } else { lm_head.params() };
+        let info = DecoderInfo {
+            architecture: architecture.to_string(),
+            vocab_size: cfg.vocab_size,
+            context_length: cfg.max_position_embeddings,
+            num_layers: cfg.num_layers,
+            hidden_size: h,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+            parameters,
+        };
+        Ok(Phi3 { cfg, info, embed_tokens, layers, norm, lm_head, rope, device: w.device() })
+    }
+
+    pub fn config(&self) -> &Phi3Config {
+        &self.cfg
+    }
+}
+
+impl Layer {
+    #[allow(clippy::too_many_arguments)]
+    fn forward(&self, cfg: &Phi3Config, rope: &Rope, table: &RotaryEmbedding, x: &Tensor, layer: usize, cache: &mut KvCache, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, seq, _) = x.dims3()?;
+        let start = cache.len();
+        let hd = cfg.head_dim;
+        let (q_len, kv_len) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let qkv = self.qkv_proj.forward(&self.input_layernorm.forward(x)?)?;
+        let heads = |from: usize, n: usize| -> Result<Tensor> {
+            Ok(qkv.narrow(D::Minus1, from, n * hd)?.reshape((b, seq, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = rope.apply(table, &heads(0, cfg.num_heads)?, start)?;
+        let k = rope.apply(table, &heads(q_len, cfg.num_kv_heads)?, start)?;
+        let v = heads(q_len + kv_len, cfg.num_kv_heads)?;
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let attn = scaled_dot_product_attention(&q, &k, &v, mask, AttentionOptions::default())?;
+        let attn = attn.transpose(1, 2)?.reshape((b, seq, q_len))?;
+        let x = (x + self.o_proj.forward(&attn)?)?;
+        let gate_up = self.gate_up_proj.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let inter = cfg.intermediate_size;
+        let gated = (candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)? * gate_up.narrow(D::Minus1, inter, inter)?)?;
+        Ok((x + self.down_proj.forward(&gated)?)?)
+    }
+}
+
+impl Decoder for Phi3 {
+    fn info(&self) -> &DecoderInfo {
+        &self.info
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.num_layers)
+    }
+
+    fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        let seq = ids.len();
+        if seq == 0 {
+            return Err(Error::invalid("input", "no tokens to run"));
+        }
+        let start = cache.len();
+        let context = self.cfg.max_position_embeddings;
+        if start + seq > context {
+            return Err(Error::ContextOverflow { prompt_tokens: start + seq, context });
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(Error::invalid("input", format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
+        }
+        let mut x = self.embed_tokens.embedding(&Tensor::new(ids, &self.device)?)?.unsqueeze(0)?;
+        let window = self.cfg.sliding_window;
+        let masks = Masks::new(seq, start, &[window], &self.device)?;
+        let mask = masks.get(window)?;
+        let table = self.rope.table(start + seq);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&self.cfg, &self.rope, table, &x, i, cache, mask)?;
+        }
+        cache.advance(seq);
+        let x = if all_logits { x } else { x.narrow(1, seq - 1, 1)? };
+        let x = self.norm.forward(&x)?;
+        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
+    }
+}
+
+pub fn load_hf(json: &serde_json::Value, path: &Path, w: &Weights, model_type: &str) -> Result<Box<dyn Decoder>> {
+    Ok(Box::new(Phi3::load(Phi3Config::from_hf(json, path)?, w, model_type)?))
+}
