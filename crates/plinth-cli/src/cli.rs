@@ -122,6 +122,9 @@ pub struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Show the in-memory weight size after `--quantize TYPE` (safetensors models).
+    #[arg(long)]
+    pub quantize: Option<String>,
 }
 
 #[derive(Args, Debug)]

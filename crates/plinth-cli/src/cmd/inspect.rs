@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use candle_core::quantized::GgmlDType;
 use plinth_core::ModelCard;
 use plinth_io::fetch::ModelLocation;
 use plinth_io::safetensors::{read_config, SafetensorsWeights};
@@ -34,6 +35,9 @@ struct Report {
     layers: Option<usize>,
     hidden_size: Option<usize>,
     tensor_types: Vec<TypeShare>,
+    /// Bytes the weights take once loaded (safetensors load as f32 unless quantized in situ).
+    memory_bytes: usize,
+    quantize: Option<String>,
     special_tokens: Vec<(String, u32)>,
     has_chat_template: bool,
     card: ModelCard,
@@ -76,6 +80,8 @@ fn gguf_report(g: &GgufFile) -> Result<Report> {
         layers: g.get_usize(&key("block_count")),
         hidden_size: g.get_usize(&key("embedding_length")),
         tensor_types: shares(g.tensors.iter().map(|t| (t.dtype.name().to_string(), t.size))),
+        memory_bytes: g.tensors.iter().map(|t| t.size).sum(),
+        quantize: None,
         special_tokens,
         has_chat_template,
         is_llm: card.is_llm(),
@@ -84,7 +90,21 @@ fn gguf_report(g: &GgufFile) -> Result<Report> {
     })
 }
 
-fn dir_report(dir: &std::path::Path) -> Result<Report> {
+/// Loaded size of one safetensors tensor: quantized linear weights when `q` is asked for and the
+/// row length fits its blocks (the rule `Weights` applies), f32 otherwise.
+fn loaded_bytes(name: &str, shape: &[usize], q: Option<GgmlDType>) -> usize {
+    let elems: usize = shape.iter().product();
+    let embedding = ["embed_tokens", "wte", "wpe"].iter().any(|e| name.contains(e));
+    match q {
+        Some(q) if shape.len() == 2 && name.ends_with(".weight") && !embedding && shape[1] % q.block_size() == 0 => {
+            elems / q.block_size() * q.type_size()
+        }
+        _ => elems * 4,
+    }
+}
+
+fn dir_report(dir: &std::path::Path, quantize: Option<&str>) -> Result<Report> {
+    let q = quantize.map(plinth_models::parse_quantize).transpose()?;
     let cfg = read_config(dir)?;
     let arch = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
     let w = SafetensorsWeights::open_dir(dir)?;
@@ -92,7 +112,16 @@ fn dir_report(dir: &std::path::Path) -> Result<Report> {
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).ok();
     let has_chat_template = tok.as_ref().is_some_and(|t| t.chat_template().is_some());
     let card = ModelCard::text_decoder(&arch, has_chat_template);
-    let u = |k: &str| cfg.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+    // GPT-2 style configs spell the sizes differently.
+    let u = |k: &str| {
+        let alt = match k {
+            "hidden_size" => "n_embd",
+            "num_hidden_layers" => "n_layer",
+            "max_position_embeddings" => "n_positions",
+            other => other,
+        };
+        cfg.get(k).or_else(|| cfg.get(alt)).and_then(|v| v.as_u64()).map(|v| v as usize)
+    };
     Ok(Report {
         path: dir.display().to_string(),
         format: "safetensors",
@@ -104,6 +133,8 @@ fn dir_report(dir: &std::path::Path) -> Result<Report> {
         layers: u("num_hidden_layers"),
         hidden_size: u("hidden_size"),
         tensor_types: shares(infos.iter().map(|i| (i.1.clone(), i.3))),
+        memory_bytes: infos.iter().map(|i| loaded_bytes(&i.0, &i.2, q)).sum(),
+        quantize: quantize.map(str::to_string),
         special_tokens: tok.as_ref().map(|t| t.special_tokens()).unwrap_or_default(),
         has_chat_template,
         is_llm: card.is_llm(),
@@ -115,8 +146,11 @@ fn dir_report(dir: &std::path::Path) -> Result<Report> {
 pub fn run(a: InspectArgs) -> Result<()> {
     let loc = load::resolve(&a.model)?;
     let r = match &loc {
+        ModelLocation::Gguf(_) if a.quantize.is_some() => {
+            anyhow::bail!("--quantize applies to safetensors models; {} is a GGUF file and already quantized", loc.path().display())
+        }
         ModelLocation::Gguf(p) => gguf_report(&GgufFile::open(p)?)?,
-        ModelLocation::Dir(d) => dir_report(d)?,
+        ModelLocation::Dir(d) => dir_report(d, a.quantize.as_deref())?,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -127,7 +161,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
     println!("format         {}", r.format);
     println!("architecture   {}{}", r.architecture, if r.supported { "" } else { " (not supported by this plinth)" });
     println!("parameters     {} ({:.1} M)", r.parameters, r.parameters as f64 / 1e6);
-    println!("size           {:.1} MB", r.file_bytes as f64 / 1e6);
+    println!("size           {:.1} MB on disk", r.file_bytes as f64 / 1e6);
+    match &r.quantize {
+        Some(q) => println!("in memory      {:.1} MB with --quantize {q}", r.memory_bytes as f64 / 1e6),
+        None => println!("in memory      {:.1} MB", r.memory_bytes as f64 / 1e6),
+    }
     println!("context        {} tokens", opt(r.context_length));
     println!("vocabulary     {}", opt(r.vocab_size));
     println!("layers         {}   hidden size {}", opt(r.layers), opt(r.hidden_size));
