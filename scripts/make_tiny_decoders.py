@@ -36,6 +36,10 @@ COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_
 
 ARCHS = {
     "llama": ("LlamaConfig", dict(COMMON, rms_norm_eps=1e-5, tie_word_embeddings=False)),
+    "llama3": ("LlamaConfig", dict(COMMON, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                                   rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                    "original_max_position_embeddings": 32})),
     "mistral": ("MistralConfig", dict(COMMON, sliding_window=8, rms_norm_eps=1e-5, tie_word_embeddings=False)),
     "qwen2": ("Qwen2Config", dict(COMMON, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False)),
     "qwen3": ("Qwen3Config", dict(COMMON, head_dim=32, rms_norm_eps=1e-6, tie_word_embeddings=True,

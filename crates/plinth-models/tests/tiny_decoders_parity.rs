@@ -38,6 +38,11 @@ fn check_parity_of(dir: &str, loc: ModelLocation, tol: f32) {
 }
 
 #[test]
+fn llama3_rope_scaling_tied_embeddings() {
+    check_parity("tiny-llama3", TOL);
+}
+
+#[test]
 fn mistral_sliding_window() {
     check_parity("tiny-mistral", TOL);
 }
