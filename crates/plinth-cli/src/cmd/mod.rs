@@ -58,3 +58,47 @@ impl SamplingArgs {
         Ok(p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn sampling(args: &[&str]) -> SamplingArgs {
+        let mut argv = vec!["plinth", "generate"];
+        argv.extend_from_slice(args);
+        match Cli::parse_from(argv).command {
+            Command::Generate(g) => g.sampling,
+            _ => unreachable!("parsed a generate command"),
+        }
+    }
+
+    #[test]
+    fn model_defaults_apply_unless_flags_override() {
+        let model = GenerationDefaults { do_sample: Some(true), temperature: Some(0.6), top_p: Some(0.9), top_k: Some(20), min_p: None, repetition_penalty: Some(1.1) };
+        let p = sampling(&[]).params(&model).unwrap();
+        assert_eq!((p.temperature, p.top_p, p.top_k, p.repeat_penalty), (0.6, Some(0.9), Some(20), 1.1));
+        assert_eq!(p.min_p, Some(0.05), "plinth's default where the model has none");
+        let p = sampling(&["-t", "0.2", "--top-p", "1", "--top-k", "0"]).params(&model).unwrap();
+        assert_eq!((p.temperature, p.top_p, p.top_k), (0.2, None, None));
+    }
+
+    #[test]
+    fn do_sample_false_means_greedy_and_plinth_defaults_otherwise() {
+        let greedy = GenerationDefaults { do_sample: Some(false), temperature: Some(0.7), ..Default::default() };
+        assert_eq!(sampling(&[]).params(&greedy).unwrap().temperature, 0.0);
+        assert_eq!(sampling(&["-t", "0.5"]).params(&greedy).unwrap().temperature, 0.5);
+        let p = sampling(&[]).params(&GenerationDefaults::default()).unwrap();
+        assert_eq!((p.temperature, p.top_k, p.top_p, p.min_p, p.repeat_penalty), (0.8, Some(40), Some(0.95), Some(0.05), 1.0));
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_flag() {
+        let e = sampling(&["--top-p", "0"]).params(&GenerationDefaults::default()).unwrap_err().to_string();
+        assert!(e.contains("--top-p"), "{e}");
+        let e = sampling(&["--min-p", "2"]).params(&GenerationDefaults::default()).unwrap_err().to_string();
+        assert!(e.contains("--min-p"), "{e}");
+        let e = sampling(&["-t", "-1"]).params(&GenerationDefaults::default()).unwrap_err().to_string();
+        assert!(e.contains("temperature"), "{e}");
+    }
+}
