@@ -12,7 +12,15 @@ use crate::tokenizer::{collect_special, Tokenizer, EOG_TEXTS};
 
 pub(crate) fn load(path: &Path) -> Result<Tokenizer> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+    let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        .map_err(|e| Error::format(path, format!("not a usable tokenizer.json: {e}")))?;
+    // A tokenizer.json may carry batch settings (sentence-transformers repos ship padding to a
+    // fixed 128 and truncation at 128). transformers switches both off for a plain
+    // `tokenizer(text)` call, and a runtime encoding one prompt wants neither: padding would
+    // append [PAD] ids, truncation would silently drop the end of the prompt.
+    inner.with_padding(None);
+    inner
+        .with_truncation(None)
         .map_err(|e| Error::format(path, format!("not a usable tokenizer.json: {e}")))?;
     let dir = path.parent().unwrap_or(Path::new("."));
 
