@@ -33,7 +33,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture { names: &["qwen2"], hf: models::qwen2::load_hf, gguf: Some(models::llama::load_family_gguf) },
     Architecture { names: &["qwen3"], hf: models::qwen3::load_hf, gguf: Some(models::llama::load_family_gguf) },
     Architecture { names: &["gpt2"], hf: models::gpt2::load_hf, gguf: Some(models::gpt2::load_gguf) },
-    Architecture { names: &["phi3"], hf: models::phi3::load_hf, gguf: None },
+    Architecture { names: &["phi3"], hf: models::phi3::load_hf, gguf: Some(models::phi3::load_gguf) },
     Architecture { names: &["gemma2"], hf: models::gemma2::load_hf, gguf: None },
     Architecture { names: &["gemma3_text"], hf: models::gemma3::load_hf, gguf: None },
     // New architectures: one line above this comment.

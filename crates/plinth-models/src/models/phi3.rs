@@ -1,12 +1,16 @@
 //! Phi-3 (Phi-3, Phi-3.5-mini, Phi-4-mini; `model_type` "phi3"): the Llama block with fused
 //! weights — one `qkv_proj` for attention and one `gate_up_proj` for the MLP — plus a sliding
 //! window on every layer when the config sets one, partial rotary embeddings, and LongRoPE
-//! scaling. This module owns the config parsing, the LongRoPE short/long tables, and the model.
+//! scaling. This module owns the config parsing (`config.json` and llama.cpp's `phi3` GGUF),
+//! the LongRoPE short/long tables, and the model.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor, D};
 use plinth_core::{Error, Result};
+use plinth_io::gguf::GgufFile;
 
 use crate::layers::{scaled_dot_product_attention, AttentionOptions, Linear, Masks, QLinear, RmsNorm, RopeStyle, RotaryEmbedding};
 use crate::weights::Weights;
@@ -22,7 +26,7 @@ pub struct LongRope {
     pub attention_factor: f64,
 }
 
-/// Hyper-parameters from a Hugging Face `config.json`.
+/// Hyper-parameters, from a Hugging Face `config.json` or GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Phi3Config {
     pub vocab_size: usize,
@@ -79,17 +83,13 @@ impl Phi3Config {
                 let factors = |key: &str| -> Result<Vec<f32>> {
                     let list = r.get(key).and_then(|v| v.as_array()).ok_or_else(|| Error::missing(path, format!("rope field '{key}'")))?;
                     let vals: Option<Vec<f32>> = list.iter().map(|x| x.as_f64().map(|x| x as f32)).collect();
-                    match vals {
-                        Some(v) if v.len() == rotary_dim / 2 && v.iter().all(|x| x.is_finite() && *x > 0.0) => Ok(v),
-                        _ => Err(Error::format(path, format!("rope field '{key}' must hold {} positive numbers", rotary_dim / 2))),
-                    }
+                    vals.ok_or_else(|| Error::format(path, format!("rope field '{key}' must be a list of numbers")))
                 };
                 // Phi3's top-level field wins over one inside the rope dict.
                 let original = u("original_max_position_embeddings", 4096)?;
                 let factor = r.get("factor").and_then(|v| v.as_f64()).unwrap_or(max_position_embeddings as f64 / original.max(1) as f64);
-                let attention_factor = r.get("attention_factor").and_then(|v| v.as_f64()).unwrap_or_else(|| {
-                    if factor <= 1.0 { 1.0 } else { (1.0 + factor.ln() / (original as f64).ln()).sqrt() }
-                });
+                let attention_factor =
+                    r.get("attention_factor").and_then(|v| v.as_f64()).unwrap_or_else(|| default_attention_factor(factor, original));
                 Some(LongRope { short_factor: factors("short_factor")?, long_factor: factors("long_factor")?, original_max_position: original, attention_factor })
             }
             other => return Err(Error::unsupported(path, format!("rope scaling type '{other}'"))),
@@ -114,6 +114,58 @@ impl Phi3Config {
         Ok(cfg)
     }
 
+    /// Reads llama.cpp's `phi3.*` keys; LongRoPE factors are the `rope_factors_{short,long}`
+    /// tensors.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let arch = g.architecture()?.to_string();
+        let k = |s: &str| format!("{arch}.{s}");
+        let hidden_size = g.require_usize(&k("embedding_length"))?;
+        let num_heads = g.require_usize(&k("attention.head_count"))?;
+        let head_dim = g.get_usize(&k("attention.key_length")).unwrap_or(hidden_size / num_heads.max(1));
+        let max_position_embeddings = g.require_usize(&k("context_length"))?;
+        let vocab_size = match g.get_usize(&k("vocab_size")) {
+            Some(v) => v,
+            None => g.tensor_info("token_embd.weight").map(|t| t.shape[0]).ok_or_else(|| Error::missing(g.path(), "tensor 'token_embd.weight'"))?,
+        };
+        let factors = |name: &str| -> Result<Option<Vec<f32>>> {
+            if g.tensor_info(name).is_none() {
+                return Ok(None);
+            }
+            Ok(Some(g.qtensor(name, &Device::Cpu)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?))
+        };
+        let long_rope = match (factors("rope_factors_short.weight")?, factors("rope_factors_long.weight")?) {
+            (None, None) => None,
+            (Some(short_factor), Some(long_factor)) => {
+                let original = g.get_usize(&k("rope.scaling.original_context_length")).unwrap_or(max_position_embeddings);
+                // Files converted before llama.cpp wrote the key get the value its converter writes.
+                let attention_factor = g
+                    .get_f64(&k("rope.scaling.attn_factor"))
+                    .unwrap_or_else(|| default_attention_factor(max_position_embeddings as f64 / original.max(1) as f64, original));
+                Some(LongRope { short_factor, long_factor, original_max_position: original, attention_factor })
+            }
+            _ => return Err(Error::format(g.path(), "only one of rope_factors_short/rope_factors_long is present")),
+        };
+        let cfg = Phi3Config {
+            vocab_size,
+            hidden_size,
+            intermediate_size: g.require_usize(&k("feed_forward_length"))?,
+            num_layers: g.require_usize(&k("block_count"))?,
+            num_heads,
+            num_kv_heads: g.get_usize(&k("attention.head_count_kv")).unwrap_or(num_heads),
+            head_dim,
+            rotary_dim: g.get_usize(&k("rope.dimension_count")).unwrap_or(head_dim),
+            max_position_embeddings,
+            rms_norm_eps: g.get_f64(&k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            rope_theta: g.get_f64(&k("rope.freq_base")).unwrap_or(10_000.0),
+            long_rope,
+            tie_word_embeddings: g.tensor_info("output.weight").is_none(),
+            // The converter writes 0 for "no window".
+            sliding_window: g.get_usize(&k("attention.sliding_window")).filter(|&w| w > 0),
+        };
+        cfg.validate(g.path())?;
+        Ok(cfg)
+    }
+
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |what: String| Err(Error::format(path, what));
         if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
@@ -132,6 +184,10 @@ impl Phi3Config {
         if self.num_layers == 0 || self.num_layers > 1024 || self.vocab_size == 0 || self.vocab_size > 1 << 22 {
             return bad(format!("{} layers / vocabulary {} are out of range", self.num_layers, self.vocab_size));
         }
+        // Also keeps the fused row counts (`2 * intermediate`, `(heads + 2 kv) * head_dim`) from overflowing.
+        if self.num_heads > 4096 || !(1..=1 << 20).contains(&self.hidden_size) || !(1..=1 << 20).contains(&self.intermediate_size) {
+            return bad(format!("{} heads / hidden {} / intermediate {} are out of range", self.num_heads, self.hidden_size, self.intermediate_size));
+        }
         if self.sliding_window == Some(0) {
             return bad("sliding_window 0 would hide every position".to_string());
         }
@@ -139,9 +195,19 @@ impl Phi3Config {
             if lr.original_max_position == 0 || !(lr.attention_factor.is_finite() && lr.attention_factor > 0.0) {
                 return bad(format!("longrope original length {} / attention factor {} are out of range", lr.original_max_position, lr.attention_factor));
             }
+            for (name, f) in [("short", &lr.short_factor), ("long", &lr.long_factor)] {
+                if f.len() != self.rotary_dim / 2 || !f.iter().all(|x| x.is_finite() && *x > 0.0) {
+                    return bad(format!("longrope {name} factors must be {} positive numbers, found {}", self.rotary_dim / 2, f.len()));
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Transformers' LongRoPE default (and llama.cpp's converter's): `sqrt(1 + ln f / ln original)`.
+fn default_attention_factor(factor: f64, original: usize) -> f64 {
+    if factor <= 1.0 { 1.0 } else { (1.0 + factor.ln() / (original as f64).ln()).sqrt() }
 }
 
 /// Rotary tables. With LongRoPE transformers picks short or long factors per forward call from
@@ -195,9 +261,16 @@ impl Rope {
         if self.rotary_dim == head_dim {
             return Ok(rot);
         }
-        let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
-        Ok(Tensor::cat(&[&rot, &pass], D::Minus1)?)
+        // Contiguous parts make a contiguous result, which the KV cache's in-place write needs.
+        let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?.contiguous()?;
+        Ok(Tensor::cat(&[&rot.contiguous()?, &pass], D::Minus1)?)
     }
+}
+
+enum Embedding {
+    /// GGUF: rows are dequantized as they are looked up.
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
 }
 
 struct Layer {
@@ -215,7 +288,7 @@ struct Layer {
 pub struct Phi3 {
     cfg: Phi3Config,
     info: DecoderInfo,
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: QLinear,
@@ -228,12 +301,12 @@ impl Phi3 {
         let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
         let embed_name = "model.embed_tokens.weight";
         let tied = cfg.tie_word_embeddings || !w.contains("lm_head.weight");
-        let lm_head = if tied {
-            QLinear::from_qtensor(w.qtensor(embed_name, &[cfg.vocab_size, h])?, None)?
-        } else {
-            w.linear("lm_head", cfg.vocab_size, h)?
+        let embed_q = w.qtensor(embed_name, &[cfg.vocab_size, h])?;
+        let lm_head = if tied { QLinear::from_qtensor(embed_q.clone(), None)? } else { w.linear("lm_head", cfg.vocab_size, h)? };
+        let embed_tokens = match w {
+            Weights::Gguf(_) => Embedding::Quantized(embed_q),
+            Weights::Safetensors(_) => Embedding::Dense(w.tensor(embed_name, &[cfg.vocab_size, h])?),
         };
-        let embed_tokens = w.tensor(embed_name, &[cfg.vocab_size, h])?;
         let qkv_rows = (cfg.num_heads + 2 * cfg.num_kv_heads) * hd;
         let norm = |name: &str| -> Result<RmsNorm> { Ok(RmsNorm::new(w.tensor(name, &[h])?, cfg.rms_norm_eps)) };
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -325,7 +398,12 @@ impl Decoder for Phi3 {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
             return Err(Error::invalid("input", format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
         }
-        let mut x = self.embed_tokens.embedding(&Tensor::new(ids, &self.device)?)?.unsqueeze(0)?;
+        let ids_t = Tensor::new(ids, &self.device)?;
+        let mut x = match &self.embed_tokens {
+            Embedding::Quantized(q) => q.embedding(&ids_t)?,
+            Embedding::Dense(t) => t.embedding(&ids_t)?,
+        }
+        .unsqueeze(0)?;
         let window = self.cfg.sliding_window;
         let masks = Masks::new(seq, start, &[window], &self.device)?;
         let mask = masks.get(window)?;
@@ -338,6 +416,11 @@ impl Decoder for Phi3 {
         let x = self.norm.forward(&x)?;
         Ok(self.lm_head.forward(&x)?.squeeze(0)?)
     }
+}
+
+/// llama.cpp keeps Hugging Face's q/k row order and half-split rotation for `phi3`.
+pub fn load_gguf(g: &GgufFile, w: &Weights, arch: &str) -> Result<Box<dyn Decoder>> {
+    Ok(Box::new(Phi3::load(Phi3Config::from_gguf(g)?, w, arch)?))
 }
 
 pub fn load_hf(json: &serde_json::Value, path: &Path, w: &Weights, model_type: &str) -> Result<Box<dyn Decoder>> {
