@@ -33,6 +33,18 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Checks that `n` new tokens fit after the cached ones within `context` positions and
+    /// returns the first new position. Every model's forward pass starts with this.
+    pub fn check_room(&self, n: usize, context: usize) -> Result<usize> {
+        if n == 0 {
+            return Err(plinth_core::Error::invalid("input", "no tokens to run"));
+        }
+        if self.len + n > context {
+            return Err(plinth_core::Error::ContextOverflow { prompt_tokens: self.len + n, context });
+        }
+        Ok(self.len)
+    }
+
     /// Appends one layer's new keys/values and returns the whole cached keys/values.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok(self.layers[layer].append(k, v)?)

@@ -319,14 +319,8 @@ impl Decoder for Gpt2 {
 
     fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
         let seq = ids.len();
-        if seq == 0 {
-            return Err(Error::invalid("input", "no tokens to run"));
-        }
-        let start = cache.len();
         // Learned positions end at the table's last row: there is nothing to extrapolate with.
-        if start + seq > self.cfg.max_positions {
-            return Err(Error::ContextOverflow { prompt_tokens: start + seq, context: self.cfg.max_positions });
-        }
+        let start = cache.check_room(seq, self.cfg.max_positions)?;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
             return Err(Error::invalid("token id", format!("{bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
         }

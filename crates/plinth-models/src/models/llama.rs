@@ -367,13 +367,7 @@ impl Decoder for Llama {
 
     fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
         let seq = ids.len();
-        if seq == 0 {
-            return Err(Error::invalid("input", "no tokens to run"));
-        }
-        let start = cache.len();
-        if start + seq > self.rope.max_positions() {
-            return Err(Error::ContextOverflow { prompt_tokens: start + seq, context: self.rope.max_positions() });
-        }
+        let start = cache.check_room(seq, self.rope.max_positions())?;
         let ids_t = Tensor::new(ids, &self.device)?;
         let mut x = self.embed(&ids_t)?.unsqueeze(0)?;
         let masks = Masks::new(seq, start, &self.layers.iter().map(|l| l.window).collect::<Vec<_>>(), &self.device)?;

@@ -387,14 +387,7 @@ impl Decoder for Phi3 {
 
     fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
         let seq = ids.len();
-        if seq == 0 {
-            return Err(Error::invalid("input", "no tokens to run"));
-        }
-        let start = cache.len();
-        let context = self.cfg.max_position_embeddings;
-        if start + seq > context {
-            return Err(Error::ContextOverflow { prompt_tokens: start + seq, context });
-        }
+        let start = cache.check_room(seq, self.cfg.max_position_embeddings)?;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
             return Err(Error::invalid("input", format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
         }
