@@ -481,7 +481,7 @@ impl<'a> Parser<'a> {
             })?;
             let block = dtype.block_size() as u64;
             let inner = *shape.last().expect("n_dims >= 1") as u64;
-            if inner % block != 0 {
+            if !inner.is_multiple_of(block) {
                 return Err(self.err(format!(
                     "tensor '{name}' row length {inner} is not a multiple of the {} block size {block}",
                     dtype.name()
@@ -545,7 +545,7 @@ impl<'a> Parser<'a> {
                 let min = match item_ty {
                     0 | 1 | 7 => 1,
                     2 | 3 => 2,
-                    4 | 5 | 6 => 4,
+                    4..=6 => 4,
                     10..=12 => 8,
                     8 => 8,
                     9 => 12,

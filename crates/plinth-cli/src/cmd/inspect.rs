@@ -56,7 +56,7 @@ fn shares(items: impl Iterator<Item = (String, usize)>) -> Vec<TypeShare> {
         .into_iter()
         .map(|(dtype, (tensors, bytes))| TypeShare { dtype, tensors, bytes, share: bytes as f64 / total as f64 })
         .collect();
-    v.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    v.sort_by_key(|t| std::cmp::Reverse(t.bytes));
     v
 }
 
@@ -96,7 +96,7 @@ fn loaded_bytes(name: &str, shape: &[usize], q: Option<GgmlDType>) -> usize {
     let elems: usize = shape.iter().product();
     let embedding = ["embed_tokens", "wte", "wpe"].iter().any(|e| name.contains(e));
     match q {
-        Some(q) if shape.len() == 2 && name.ends_with(".weight") && !embedding && shape[1] % q.block_size() == 0 => {
+        Some(q) if shape.len() == 2 && name.ends_with(".weight") && !embedding && shape[1].is_multiple_of(q.block_size()) => {
             elems / q.block_size() * q.type_size()
         }
         _ => elems * 4,

@@ -59,22 +59,6 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
     Ok(out.reshape((b, heads, seq, d))?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sliding_window_mask_limits_lookback() {
-        let m = causal_mask(3, 2, Some(2), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
-        // Query at absolute position 2 sees keys 1 and 2; position 4 sees keys 3 and 4.
-        let allowed = |row: &Vec<f32>| row.iter().enumerate().filter(|(_, &x)| x == 0.0).map(|(j, _)| j).collect::<Vec<_>>();
-        assert_eq!(allowed(&m[0]), vec![1, 2]);
-        assert_eq!(allowed(&m[2]), vec![3, 4]);
-        assert!(!needs_mask(1, 5, None));
-        assert!(needs_mask(1, 5, Some(4)));
-    }
-}
-
 /// The masks one forward pass needs, built once and shared by every layer with the same window.
 pub struct Masks {
     full: Option<Tensor>,
@@ -100,5 +84,21 @@ impl Masks {
             None => self.full.as_ref(),
             Some(w) => self.windowed.iter().find(|(x, _)| *x == w).and_then(|(_, m)| m.as_ref()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_window_mask_limits_lookback() {
+        let m = causal_mask(3, 2, Some(2), &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        // Query at absolute position 2 sees keys 1 and 2; position 4 sees keys 3 and 4.
+        let allowed = |row: &Vec<f32>| row.iter().enumerate().filter(|(_, &x)| x == 0.0).map(|(j, _)| j).collect::<Vec<_>>();
+        assert_eq!(allowed(&m[0]), vec![1, 2]);
+        assert_eq!(allowed(&m[2]), vec![3, 4]);
+        assert!(!needs_mask(1, 5, None));
+        assert!(needs_mask(1, 5, Some(4)));
     }
 }

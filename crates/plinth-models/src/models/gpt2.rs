@@ -148,7 +148,7 @@ impl Gpt2Config {
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |what: String| Err(Error::format(path, what));
-        if self.num_heads == 0 || self.hidden_size == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || self.hidden_size == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad(format!("hidden size {} is not divisible into {} heads", self.hidden_size, self.num_heads));
         }
         if self.hidden_size / self.num_heads > 1024 || self.inner_size == 0 || self.inner_size > 1 << 20 {

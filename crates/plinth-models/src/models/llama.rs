@@ -174,10 +174,10 @@ impl LlamaConfig {
 
     fn validate(&self, path: &std::path::Path) -> Result<()> {
         let bad = |what: String| Err(Error::format(path, what));
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return bad(format!("head counts {}/{} are not a valid grouping", self.num_heads, self.num_kv_heads));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 || self.head_dim > 1024 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > 1024 {
             return bad(format!("head dimension {} is not a positive even number <= 1024", self.head_dim));
         }
         // Bounds that no real model exceeds keep a corrupt header from sizing huge buffers.
