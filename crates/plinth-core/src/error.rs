@@ -55,6 +55,14 @@ pub enum Error {
     #[error("model '{name}': {why}")]
     Fetch { name: String, why: String },
 
+    /// The engine's queue is full; the caller may retry later.
+    #[error("server busy: {queued} requests are already queued (limit {limit})")]
+    QueueFull { queued: usize, limit: usize },
+
+    /// The engine thread has stopped (shutdown or a fatal model error).
+    #[error("engine stopped: {0}")]
+    EngineStopped(String),
+
     /// A tensor operation failed inside candle.
     #[error("tensor op {op}: {source}")]
     Op {

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use plinth_core::{Error, Result};
 use plinth_models::{Decoder, KvCache};
-use plinth_tokenize::{Detokenizer, Tokenizer};
+use plinth_tokenize::Tokenizer;
 use serde::Serialize;
 
-use crate::sampler::{LogitsProcessor, SamplingParams};
-use crate::stop::{StopMatcher, StopOutcome};
+use crate::sampler::SamplingParams;
+use crate::sequence::{FinishReason, GenerationOptions, Sequence};
 
 /// Prompt tokens are run in chunks of this size, bounding the attention scratch memory.
 const PREFILL_CHUNK: usize = 512;
@@ -23,18 +23,6 @@ pub struct GenerateRequest {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
-}
-
-/// Why generation ended, in OpenAI's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FinishReason {
-    /// An end-of-sequence token or a stop string.
-    Stop,
-    /// `max_tokens` or the context window was reached.
-    Length,
-    /// The caller's callback asked to stop.
-    Cancelled,
 }
 
 /// The result of one generation.
@@ -127,8 +115,8 @@ impl<'m> Session<'m> {
         if req.max_tokens == 0 {
             return Err(Error::invalid("max_tokens", "must be at least 1"));
         }
-        let mut sampler = LogitsProcessor::new(req.sampling.clone())?;
-        let mut stops = StopMatcher::new(&req.stop)?;
+        let opts = GenerationOptions::new(req.max_tokens, req.sampling.clone(), req.stop.clone());
+        let mut seq = Sequence::new(self.tokenizer, &req.prompt_ids, opts, context - n_prompt)?;
 
         // Reuse the cache when the new prompt extends what it holds; at least the last prompt
         // token is always run so that its logits exist.
@@ -141,70 +129,25 @@ impl<'m> Session<'m> {
         let mut logits = self.feed(&todo)?;
         let prefill_time = start.elapsed();
 
-        let budget = req.max_tokens.min(context - n_prompt);
-        let mut history = req.prompt_ids.clone();
-        let mut out_ids = Vec::new();
         let mut text = String::new();
-        let mut detok = Detokenizer::new(self.tokenizer, true);
-        let mut finish = FinishReason::Length;
-        let mut hit_stop_string = false;
         let decode_start = Instant::now();
-        let mut emit = |piece: &str, text: &mut String| -> bool {
-            if piece.is_empty() {
-                return true;
+        let finish = loop {
+            let out = seq.step(&mut logits)?;
+            text.push_str(&out.text);
+            if !out.text.is_empty() && !on_text(&out.text) {
+                break FinishReason::Cancelled;
             }
-            text.push_str(piece);
-            on_text(piece)
+            match (out.finish, out.id) {
+                (Some(f), _) => break f,
+                (None, Some(id)) => logits = self.feed(&[id])?,
+                (None, None) => unreachable!("a step without a token always finishes"),
+            }
         };
-        loop {
-            let id = sampler.sample(&mut logits, &history);
-            if self.tokenizer.is_eos(id) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            out_ids.push(id);
-            history.push(id);
-            let piece = detok.push(id)?;
-            match stops.push(&piece) {
-                StopOutcome::Continue(s) => {
-                    if !emit(&s, &mut text) {
-                        finish = FinishReason::Cancelled;
-                        break;
-                    }
-                }
-                StopOutcome::Stop(s) => {
-                    emit(&s, &mut text);
-                    finish = FinishReason::Stop;
-                    hit_stop_string = true;
-                    break;
-                }
-            }
-            if out_ids.len() >= budget {
-                break;
-            }
-            logits = self.feed(&[id])?;
-        }
-        // Release what the detokenizer and the stop matcher held back, unless a stop string
-        // ended generation (then everything after it is dropped by design).
-        if !hit_stop_string {
-            let tail = detok.finish()?;
-            let rest = match stops.push(&tail) {
-                StopOutcome::Continue(mut s) => {
-                    s.push_str(&stops.flush());
-                    s
-                }
-                StopOutcome::Stop(s) => {
-                    finish = FinishReason::Stop;
-                    s
-                }
-            };
-            emit(&rest, &mut text);
-        }
         Ok(GenerateOutput {
             text,
             prompt_tokens: n_prompt,
-            completion_tokens: out_ids.len(),
-            token_ids: out_ids,
+            completion_tokens: seq.generated().len(),
+            token_ids: seq.generated().to_vec(),
             finish_reason: finish,
             prefilled_tokens: todo.len(),
             prefill_time,

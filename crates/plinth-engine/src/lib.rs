@@ -1,11 +1,16 @@
 //! Turning a model into text: sampling ([`sampler`]), stop strings matched across token
-//! boundaries ([`stop`]), and the generation loop over an engine-owned KV cache
-//! ([`generate`]), which streams text as it is decoded.
+//! boundaries ([`stop`]), one sequence's generation state ([`sequence`]), the single-sequence
+//! loop over an engine-owned KV cache ([`generate`]), and the continuous-batching scheduler
+//! thread that serves many sequences at once ([`scheduler`]).
 
 pub mod generate;
 pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
 pub mod stop;
 
-pub use generate::{FinishReason, GenerateRequest, GenerateOutput, Session};
+pub use generate::{GenerateOutput, GenerateRequest, Session};
+pub use scheduler::{Engine, EngineConfig, EngineStats, Event, Request};
+pub use sequence::{FinishReason, GenerationOptions, StepOutput, TokenLogprob};
 pub use sampler::{LogitsProcessor, SamplingParams};
 pub use stop::{StopMatcher, StopOutcome};

@@ -4,8 +4,9 @@
 use candle_core::Tensor;
 use plinth_core::Result;
 
-/// Positions added per growth step.
-const GROW_BY: usize = 256;
+/// Positions added per growth step: memory grows in blocks of this many positions as a
+/// sequence gets longer, instead of being reserved for the maximum length up front.
+pub const GROW_BY: usize = 256;
 
 /// Keys and values of every layer for one sequence, layout `[1, kv_heads, positions, head_dim]`.
 #[derive(Debug, Clone)]
@@ -22,6 +23,11 @@ impl KvCache {
     /// Number of positions cached (the next token's position).
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Storage blocks (of [`GROW_BY`] positions) this cache holds.
+    pub fn blocks(&self) -> usize {
+        if self.len == 0 { 0 } else { self.len.div_ceil(GROW_BY) }
     }
 
     pub fn is_empty(&self) -> bool {

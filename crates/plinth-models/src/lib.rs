@@ -44,4 +44,17 @@ pub trait Decoder: Send + Sync {
     /// values to `cache`. Returns f32 logits of shape `[ids.len(), vocab]` when `all_logits`,
     /// else `[1, vocab]` for the last position only (the generation hot path).
     fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor>;
+
+    /// One decode step for several sequences: `ids[i]` is the next token of the sequence
+    /// whose cache is `caches[i]`. Returns f32 logits `[ids.len(), vocab]`. Architectures that
+    /// batch the weight matmuls across sequences override this (the weights are then read once
+    /// per step instead of once per sequence); the default runs them one by one.
+    fn forward_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let rows = ids
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(&id, cache)| self.forward(&[id], cache, false))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&rows, 0)?)
+    }
 }

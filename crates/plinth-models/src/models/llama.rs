@@ -333,26 +333,55 @@ impl Llama {
 }
 
 impl Layer {
-    fn forward(&self, cfg: &LlamaConfig, rope: &RotaryEmbedding, x: &Tensor, layer: usize, cache: &mut KvCache, masks: &Masks) -> Result<Tensor> {
+    /// Runs `x` (`[batch, seq, hidden]`), where row `i` of the batch belongs to the sequence
+    /// whose cache is `caches[i]` and mask set is `masks[i]`. Projections and the MLP run on
+    /// the whole batch (the weights are read once); rotary positions, the cache and attention
+    /// are per sequence.
+    fn forward(&self, cfg: &LlamaConfig, rope: &RotaryEmbedding, x: &Tensor, layer: usize, caches: &mut [&mut KvCache], masks: &[Masks]) -> Result<Tensor> {
         let (b, seq, _) = x.dims3()?;
-        let start = cache.len();
         let h = self.input_layernorm.forward(x)?;
         let a = &self.self_attn;
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((b, seq, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
         let norm = |t: Tensor, n: &Option<RmsNorm>| -> Result<Tensor> { n.as_ref().map_or(Ok(t.clone()), |n| n.forward(&t)) };
-        let q = rope.apply(&norm(heads(a.q_proj.forward(&h)?, cfg.num_heads)?, &a.q_norm)?, start)?;
-        let k = rope.apply(&norm(heads(a.k_proj.forward(&h)?, cfg.num_kv_heads)?, &a.k_norm)?, start)?;
+        let q = norm(heads(a.q_proj.forward(&h)?, cfg.num_heads)?, &a.q_norm)?;
+        let k = norm(heads(a.k_proj.forward(&h)?, cfg.num_kv_heads)?, &a.k_norm)?;
         let v = heads(a.v_proj.forward(&h)?, cfg.num_kv_heads)?;
-        let (k, v) = cache.append(layer, &k, &v)?;
-        let attn = scaled_dot_product_attention(&q, &k, &v, masks.get(self.window)?, AttentionOptions::default())?;
+        let mut outs = Vec::with_capacity(b);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let start = cache.len();
+            let qi = rope.apply(&q.narrow(0, i, 1)?, start)?;
+            let ki = rope.apply(&k.narrow(0, i, 1)?, start)?;
+            let (ki, vi) = cache.append(layer, &ki, &v.narrow(0, i, 1)?.contiguous()?)?;
+            outs.push(scaled_dot_product_attention(&qi, &ki, &vi, masks[i].get(self.window)?, AttentionOptions::default())?);
+        }
+        let attn = if b == 1 { outs.pop().expect("one sequence") } else { Tensor::cat(&outs, 0)? };
         let attn = attn.transpose(1, 2)?.reshape((b, seq, cfg.num_heads * cfg.head_dim))?;
         let x = (x + a.o_proj.forward(&attn)?)?;
         let h = self.post_attention_layernorm.forward(&x)?;
         let m = &self.mlp;
         let gated = (candle_nn::ops::silu(&m.gate_proj.forward(&h)?)? * m.up_proj.forward(&h)?)?;
         Ok((x + m.down_proj.forward(&gated)?)?)
+    }
+}
+
+impl Llama {
+    fn windows(&self) -> Vec<Option<usize>> {
+        self.layers.iter().map(|l| l.window).collect()
+    }
+
+    /// The layers, final norm and head over `x` (`[batch, seq, hidden]`).
+    fn run(&self, mut x: Tensor, caches: &mut [&mut KvCache], masks: &[Masks], last_only: bool) -> Result<Tensor> {
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&self.cfg, &self.rope, &x, i, caches, masks)?;
+        }
+        let seq = x.dim(1)?;
+        for c in caches.iter_mut() {
+            c.advance(seq);
+        }
+        let x = if last_only { x.narrow(1, seq - 1, 1)? } else { x };
+        Ok(self.lm_head.forward(&self.norm.forward(&x)?)?)
     }
 }
 
@@ -368,16 +397,22 @@ impl Decoder for Llama {
     fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
         let seq = ids.len();
         let start = cache.check_room(seq, self.rope.max_positions())?;
-        let ids_t = Tensor::new(ids, &self.device)?;
-        let mut x = self.embed(&ids_t)?.unsqueeze(0)?;
-        let masks = Masks::new(seq, start, &self.layers.iter().map(|l| l.window).collect::<Vec<_>>(), &self.device)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&self.cfg, &self.rope, &x, i, cache, &masks)?;
+        let x = self.embed(&Tensor::new(ids, &self.device)?)?.unsqueeze(0)?;
+        let masks = [Masks::new(seq, start, &self.windows(), &self.device)?];
+        Ok(self.run(x, &mut [cache], &masks, !all_logits)?.squeeze(0)?)
+    }
+
+    fn forward_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        if ids.len() != caches.len() {
+            return Err(Error::invalid("batch", format!("{} tokens for {} caches", ids.len(), caches.len())));
         }
-        cache.advance(seq);
-        let x = if all_logits { x } else { x.narrow(1, seq - 1, 1)? };
-        let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x)?.squeeze(0)?)
+        let windows = self.windows();
+        let masks = caches
+            .iter()
+            .map(|c| Masks::new(1, c.check_room(1, self.rope.max_positions())?, &windows, &self.device))
+            .collect::<Result<Vec<_>>>()?;
+        let x = self.embed(&Tensor::new(ids, &self.device)?)?.unsqueeze(1)?;
+        Ok(self.run(x, caches, &masks, true)?.squeeze(1)?)
     }
 }
 
