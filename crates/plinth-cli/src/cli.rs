@@ -35,6 +35,9 @@ pub enum Command {
     Pull(PullArgs),
     /// Measure prefill and decode speed, time to first token and peak memory.
     Bench(BenchArgs),
+    /// Serve models over an OpenAI-compatible HTTP API (chat and text completions,
+    /// streaming, /v1/models, /health, Prometheus /metrics). Stops on SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -154,7 +157,47 @@ pub struct BenchArgs {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Instead, measure total generated tok/s through the continuous-batching engine with
+    /// these numbers of concurrent requests (comma-separated, e.g. 1,4,16).
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Vec<usize>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, env = "PLINTH_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (printed at start).
+    #[arg(long, env = "PLINTH_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// A model to serve: a .gguf file, a model directory, a known name or a Hugging Face
+    /// repository. Repeatable; in the environment variable, comma-separated.
+    #[arg(short, long = "model", env = "PLINTH_MODEL", value_delimiter = ',', default_value = plinth_io::catalog::DEFAULT_LLM)]
+    pub models: Vec<String>,
+    /// The name clients use for the model in the same position (default: the known name,
+    /// or the file or directory name). Repeatable.
+    #[arg(long = "alias", env = "PLINTH_ALIAS", value_delimiter = ',')]
+    pub aliases: Vec<String>,
+    /// Require `Authorization: Bearer KEY` on /v1/* (/health and /metrics stay open).
+    #[arg(long, env = "PLINTH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Allow browser requests from ORIGIN (`*`, or a comma-separated list). Off by default.
+    #[arg(long, env = "PLINTH_CORS", value_name = "ORIGIN")]
+    pub cors: Option<String>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "PLINTH_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Sequences decoded together per model.
+    #[arg(long, env = "PLINTH_MAX_RUNNING", default_value_t = 16)]
+    pub max_running: usize,
+    /// Requests that may wait per model before new ones get 429.
+    #[arg(long, env = "PLINTH_MAX_QUEUE", default_value_t = 256)]
+    pub max_queue: usize,
+    /// Quantize safetensors models' linear weights while loading (q8_0, q4_0, q4_k, ...).
+    #[arg(long, env = "PLINTH_QUANTIZE")]
+    pub quantize: Option<String>,
 }

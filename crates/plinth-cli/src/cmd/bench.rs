@@ -44,11 +44,65 @@ fn argmax(v: &[f32]) -> u32 {
     v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
 }
 
+#[derive(Serialize)]
+struct ConcurrencyRow {
+    concurrency: usize,
+    generated_tokens: usize,
+    seconds: f64,
+    total_tok_s: f64,
+}
+
+/// Total generated tok/s with `c` concurrent requests of `a.gen_tokens` tokens each through the
+/// continuous-batching engine (EOS is masked so every request generates exactly that many).
+fn concurrency_bench(m: load::Loaded, a: &BenchArgs) -> Result<()> {
+    use plinth_engine::{Engine, EngineConfig, Event, GenerationOptions, Request, SamplingParams};
+    let tok = std::sync::Arc::new(m.tokenizer);
+    let max = a.concurrency.iter().copied().max().unwrap_or(1);
+    let engine = Engine::start(m.model, tok.clone(), EngineConfig { max_running: max, ..EngineConfig::default() });
+    let prompt = tok.encode("Write a long story about a lighthouse keeper and the ships she guided.", false)?;
+    let mut rows = Vec::new();
+    for &c in &a.concurrency {
+        let t = Instant::now();
+        let mut rxs = Vec::new();
+        for i in 0..c {
+            let mut opts = GenerationOptions::new(a.gen_tokens, SamplingParams { seed: i as u64, ..SamplingParams::default() }, vec![]);
+            opts.logit_bias = tok.eos_ids().iter().map(|&e| (e, f32::NEG_INFINITY)).collect();
+            rxs.push(engine.submit(Request { prompt_ids: prompt.clone(), options: opts })?);
+        }
+        let mut generated = 0;
+        for rx in &mut rxs {
+            while let Some(ev) = rx.blocking_recv() {
+                match ev {
+                    Event::Done { completion_tokens, .. } => {
+                        generated += completion_tokens;
+                        break;
+                    }
+                    Event::Error(e) => anyhow::bail!("engine error: {e}"),
+                    Event::Token { .. } => {}
+                }
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let row = ConcurrencyRow { concurrency: c, generated_tokens: generated, seconds: round2(secs), total_tok_s: round2(generated as f64 / secs) };
+        if !a.json {
+            println!("concurrency {:>3}: {:>6} tokens in {:>6.2} s = {:>7.1} tok/s", c, generated, secs, row.total_tok_s);
+        }
+        rows.push(row);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&rows)?);
+    }
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.runs == 0 || a.prompt_tokens == 0 || a.gen_tokens == 0 {
-        anyhow::bail!("--runs, --prompt-tokens and --gen-tokens must be at least 1");
+    if a.runs == 0 || a.prompt_tokens == 0 || a.gen_tokens == 0 || a.concurrency.contains(&0) {
+        anyhow::bail!("--runs, --prompt-tokens, --gen-tokens and --concurrency must be at least 1");
     }
     let m = load::load(&a.model)?;
+    if !a.concurrency.is_empty() {
+        return concurrency_bench(m, &a);
+    }
     let ctx = m.model.info().context_length;
     if a.prompt_tokens + a.gen_tokens > ctx {
         anyhow::bail!("--prompt-tokens + --gen-tokens = {} exceeds the model's {ctx}-token context", a.prompt_tokens + a.gen_tokens);
