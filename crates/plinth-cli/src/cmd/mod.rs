@@ -5,6 +5,7 @@ mod chat;
 mod generate;
 mod inspect;
 mod pull;
+mod serve;
 
 use anyhow::Result;
 use plinth_engine::SamplingParams;
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Pull(a) => pull::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -1,0 +1,82 @@
+//! `plinth serve`: name and load each `--model`, then hand them to `plinth_server`, which
+//! owns everything HTTP. Prints the listening address and the models on stdout once ready.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plinth_engine::EngineConfig;
+use plinth_server::{ModelSpec, ServerConfig};
+
+use crate::cli::{ModelArg, ServeArgs};
+use crate::load;
+
+/// The name clients use when no `--alias` is given: the catalog's name for a known model,
+/// the file stem or directory name for a path, else the spec as typed (`org/name`).
+fn default_name(spec: &str) -> String {
+    let p = Path::new(spec);
+    if p.exists() {
+        let name = if p.is_file() { p.file_stem() } else { p.file_name() };
+        if let Some(n) = name {
+            return n.to_string_lossy().into_owned();
+        }
+    }
+    plinth_io::catalog::lookup(spec).map_or_else(|| spec.to_string(), |e| e.name.to_string())
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    // A trailing comma in PLINTH_MODEL should not read as a model called "".
+    let specs: Vec<&String> = a.models.iter().filter(|m| !m.trim().is_empty()).collect();
+    if specs.is_empty() {
+        anyhow::bail!("invalid --model: no model given");
+    }
+    if a.aliases.len() > specs.len() {
+        anyhow::bail!("invalid --alias: {} aliases for {} models (aliases pair with --model in order)", a.aliases.len(), specs.len());
+    }
+    let names: Vec<String> = specs.iter().enumerate().map(|(i, s)| a.aliases.get(i).cloned().unwrap_or_else(|| default_name(s))).collect();
+    // Checked before the slow loads; the server checks the same again.
+    if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n) {
+        anyhow::bail!("invalid --alias: two models are named '{dup}'; give each its own --alias");
+    }
+    let config = ServerConfig {
+        host: a.host,
+        port: a.port,
+        api_key: a.api_key,
+        cors: a.cors,
+        max_body_bytes: a.max_body_bytes,
+        engine: EngineConfig { max_running: a.max_running, max_queue: a.max_queue, ..EngineConfig::default() },
+    };
+    let mut models = Vec::with_capacity(specs.len());
+    for (spec, name) in specs.into_iter().zip(names) {
+        let m = load::load(&ModelArg { model: spec.clone(), quantize: a.quantize.clone() }).with_context(|| format!("loading model '{spec}'"))?;
+        models.push(ModelSpec { name, path: m.location.path().to_path_buf(), model: m.model, tokenizer: m.tokenizer });
+    }
+    plinth_server::serve(config, models, |server| {
+        // Scripts and tests wait for, and parse, these lines, so they go out at once.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "plinth serve listening on http://{}", server.local_addr());
+        for m in server.models() {
+            let _ = writeln!(out, "model {}: {} (context {})", m.name, m.path.display(), m.context);
+        }
+        let _ = out.flush();
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names() {
+        assert_eq!(default_name("SmolLM2-135M-Instruct"), "smollm2-135m-instruct");
+        assert_eq!(default_name("org/some-model"), "org/some-model");
+        let dir = std::env::temp_dir().join(format!("plinth-serve-name-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tiny.Q8_0.gguf");
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(default_name(file.to_str().unwrap()), "tiny.Q8_0");
+        assert_eq!(default_name(dir.to_str().unwrap()), dir.file_name().unwrap().to_str().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,230 @@
+//! `plinth serve`: an OpenAI-compatible HTTP server over plinth's engines.
+//!
+//! Owns binding the socket, one continuous-batching [`Engine`] per served model, the routes
+//! (`POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`, `GET /health`,
+//! `GET /metrics`) and graceful shutdown. Request parsing lives in `request`, response
+//! shapes in `response`, streaming in `stream`, the single error-to-status mapping in
+//! `error`, CORS / API key / request counting in `gate`, Prometheus metrics in `metrics`.
+//!
+//! Use [`serve`] from a binary, or [`Server::bind`] then [`Server::run`] to control the
+//! runtime and the shutdown signal (as the tests do).
+
+mod error;
+mod gate;
+mod metrics;
+mod request;
+mod response;
+mod routes;
+mod state;
+mod stream;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plinth_core::{Error, Result};
+use plinth_engine::{Engine, EngineConfig};
+use plinth_models::Decoder;
+use plinth_tokenize::Tokenizer;
+use tokio::sync::Notify;
+
+pub use request::DEFAULT_SEED;
+
+/// After a shutdown signal, in-flight requests get this long to finish on their own...
+const GRACE: Duration = Duration::from_secs(2);
+/// ...and then, cancelled by their engines, this long to close their connections.
+const FORCE: Duration = Duration::from_secs(2);
+
+/// How the server listens and whom it lets in.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port; [`Server::local_addr`] tells which.
+    pub port: u16,
+    /// When set, `/v1/*` requires `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Allowed browser origins: `*` or a comma-separated list; `None` sends no CORS headers.
+    pub cors: Option<String>,
+    pub max_body_bytes: usize,
+    /// Limits of each model's engine.
+    pub engine: EngineConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_key: None,
+            cors: None,
+            max_body_bytes: 2 * 1024 * 1024,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// A loaded model to serve under `name`.
+pub struct ModelSpec {
+    pub name: String,
+    /// Where it was loaded from, for the start-up banner.
+    pub path: PathBuf,
+    pub model: Box<dyn Decoder>,
+    pub tokenizer: Tokenizer,
+}
+
+/// What the server says about a model it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub context: usize,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    state: Arc<state::AppState>,
+}
+
+fn check_config(config: &ServerConfig, models: &[ModelSpec]) -> Result<()> {
+    if models.is_empty() {
+        return Err(Error::invalid("--model", "at least one model is needed"));
+    }
+    for (i, m) in models.iter().enumerate() {
+        if m.name.trim().is_empty() {
+            return Err(Error::invalid("--alias", format!("the name of model {} ({}) is empty", i + 1, m.path.display())));
+        }
+        if models[..i].iter().any(|o| o.name == m.name) {
+            return Err(Error::invalid("--alias", format!("two models are named '{}'; give each its own --alias", m.name)));
+        }
+    }
+    let e = &config.engine;
+    for (flag, v) in [("--max-running", e.max_running), ("--max-queue", e.max_queue), ("prefill chunk", e.prefill_chunk), ("--max-body-bytes", config.max_body_bytes)] {
+        if v == 0 {
+            return Err(Error::invalid(flag, "must be at least 1"));
+        }
+    }
+    if config.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        return Err(Error::invalid("--api-key", "is empty"));
+    }
+    Ok(())
+}
+
+impl Server {
+    /// Checks the settings, binds the socket and starts one engine per model.
+    pub async fn bind(config: ServerConfig, models: Vec<ModelSpec>) -> Result<Server> {
+        check_config(&config, &models)?;
+        let cors = match config.cors.as_deref() {
+            Some(spec) => Some(gate::Cors::parse(spec).ok_or_else(|| Error::invalid("--cors", "names no origin (give * or a list of origins)"))?),
+            None => None,
+        };
+        let where_ = format!("{}:{}", config.host, config.port);
+        let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await.map_err(|e| Error::io(&where_, e))?;
+        let addr = listener.local_addr().map_err(|e| Error::io(&where_, e))?;
+        let created = response::unix_now();
+        let models = models
+            .into_iter()
+            .map(|m| {
+                let template = m.tokenizer.chat().map_err(|e| format!("model '{}' cannot serve chat requests ({e}); use /v1/completions", m.name));
+                let tokenizer = Arc::new(m.tokenizer);
+                state::ModelState {
+                    engine: Engine::start(m.model, tokenizer.clone(), config.engine),
+                    name: m.name,
+                    path: m.path,
+                    created,
+                    tokenizer,
+                    template,
+                    metrics: Default::default(),
+                }
+            })
+            .collect();
+        let state = state::AppState {
+            models,
+            requests: Default::default(),
+            api_key: config.api_key,
+            cors,
+            max_body_bytes: config.max_body_bytes,
+        };
+        Ok(Server { listener, addr, state: Arc::new(state) })
+    }
+
+    /// The address actually bound (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let s = &self.state;
+        s.models.iter().map(|m| ModelInfo { name: m.name.clone(), path: m.path.clone(), context: m.engine.context_length() }).collect()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
+    /// finish for a moment, cancels the rest and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let Server { listener, addr, state } = self;
+        let app = routes::router(state.clone());
+        let signalled = Arc::new(Notify::new());
+        let notify = signalled.clone();
+        let graceful = async move {
+            shutdown.await;
+            notify.notify_one();
+        };
+        let server = axum::serve(listener, app).with_graceful_shutdown(graceful).into_future();
+        tokio::pin!(server);
+        let res = tokio::select! {
+            r = &mut server => r,
+            _ = signalled.notified() => match tokio::time::timeout(GRACE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Cancelling ends every open stream, which lets its connection close.
+                    state.shutdown_engines();
+                    tokio::time::timeout(FORCE, &mut server).await.unwrap_or(Ok(()))
+                }
+            },
+        };
+        state.shutdown_engines();
+        res.map_err(|e| Error::io(addr.to_string(), e))
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called,
+/// not when the future is first polled, so a signal that arrives in between is not lost (or
+/// fatal). Must be called inside a tokio runtime.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        })
+    }
+}
+
+/// Runs the server on its own tokio runtime until SIGTERM or Ctrl-C. `on_ready` is called
+/// once the socket is bound and the signal handlers are installed (a binary prints its
+/// banner there).
+pub fn serve(config: ServerConfig, models: Vec<ModelSpec>, on_ready: impl FnOnce(&Server)) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Error::io("tokio runtime", e))?;
+    rt.block_on(async move {
+        let server = Server::bind(config, models).await?;
+        let signal = shutdown_signal()?;
+        on_ready(&server);
+        server.run(signal).await
+    })
+}

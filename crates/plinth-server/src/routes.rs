@@ -1,0 +1,194 @@
+//! The HTTP surface: which path runs which handler, and the handlers themselves. A
+//! generation request is parsed ([`crate::request`]), tokenized, submitted to its model's
+//! engine once per choice, and then either collected into one response here or streamed
+//! ([`crate::stream`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use plinth_engine::{Event, Request};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::error::ApiError;
+use crate::metrics::{self, ModelView, TokenTimer};
+use crate::request::{Endpoint, GenRequest};
+use crate::response::{self, Choice, Meta};
+use crate::state::AppState;
+use crate::{gate, stream};
+
+/// The id the scheduler gives the final flush of held-back text, which is no sampled token
+/// and so has no timing or log-probability of its own.
+pub const FLUSH_ID: u32 = u32::MAX;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_page))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), gate::gate))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .with_state(state)
+}
+
+pub fn json_response(status: StatusCode, v: &Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+async fn health() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+fn model_object(m: &crate::state::ModelState) -> Value {
+    json!({"id": m.name, "object": "model", "created": m.created, "owned_by": "plinth"})
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Response {
+    let data: Vec<Value> = s.models.iter().map(model_object).collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+async fn model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let i = s.find(&id)?;
+    Ok(json_response(StatusCode::OK, &model_object(&s.models[i])))
+}
+
+async fn metrics_page(State(s): State<Arc<AppState>>) -> Response {
+    let views: Vec<ModelView<'_>> =
+        s.models.iter().map(|m| ModelView { name: &m.name, stats: m.engine.stats(), metrics: &m.metrics }).collect();
+    let page = metrics::render(&s.requests, &views);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], page).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound { method: method.to_string(), path: uri.path().to_string() }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
+}
+
+async fn chat(State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    generate(s, Endpoint::Chat, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completions(State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    generate(s, Endpoint::Completion, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn body_error(r: BytesRejection, limit: usize) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::BodyTooLarge(limit)
+    } else {
+        ApiError::BodyUnreadable(r.body_text())
+    }
+}
+
+async fn generate(s: Arc<AppState>, ep: Endpoint, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let body = body.map_err(|r| body_error(r, s.max_body_bytes))?;
+    let req = GenRequest::parse(ep, &body)?;
+    let idx = s.find(&req.model)?;
+    let m = &s.models[idx];
+    req.check_vocab(m.tokenizer.vocab_size())?;
+
+    // Templating and tokenizing a long prompt takes long enough to hold up other requests'
+    // streams if it ran on an async worker.
+    let (st, prompt) = (s.clone(), req.prompt.clone());
+    let prompt_ids = tokio::task::spawn_blocking(move || st.models[idx].prompt_ids(&prompt))
+        .await
+        .map_err(|e| ApiError::Generation(format!("tokenizing the prompt: {e}")))??;
+
+    let param = match ep {
+        Endpoint::Chat => "messages",
+        Endpoint::Completion => "prompt",
+    };
+    let context = m.engine.context_length();
+    let mut receivers = Vec::with_capacity(req.n);
+    for i in 0..req.n {
+        let submitted = m.engine.submit(Request { prompt_ids: prompt_ids.clone(), options: req.options(i, context) });
+        // On failure the choices already submitted are cancelled as `receivers` drops.
+        receivers.push(submitted.map_err(|e| ApiError::core(e, param))?);
+    }
+    let events = merge(receivers);
+    let meta = Meta::new(ep, &m.name);
+    if req.stream {
+        Ok(stream::response(s.clone(), idx, meta, &req, events, start))
+    } else {
+        collect(&s, idx, meta, &req, events, start).await
+    }
+}
+
+/// Funnels the choices' event channels into one, tagged with the choice index. When the
+/// merged receiver is dropped (the client went away) each forwarder drops its engine
+/// receiver at once, which cancels that choice in the scheduler.
+fn merge(receivers: Vec<UnboundedReceiver<Event>>) -> UnboundedReceiver<(usize, Event)> {
+    let (tx, rx) = unbounded_channel();
+    for (i, mut events) in receivers.into_iter().enumerate() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = events.recv() => {
+                        let Some(ev) = ev else { break };
+                        if tx.send((i, ev)).is_err() {
+                            break;
+                        }
+                    }
+                    _ = tx.closed() => break,
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// Waits for every choice to finish and answers with one JSON object.
+async fn collect(
+    s: &AppState,
+    idx: usize,
+    meta: Meta,
+    req: &GenRequest,
+    mut events: UnboundedReceiver<(usize, Event)>,
+    start: Instant,
+) -> Result<Response, ApiError> {
+    let metrics = &s.models[idx].metrics;
+    let mut choices: Vec<Choice> = (0..req.n).map(|_| Choice::default()).collect();
+    let mut timer = TokenTimer::new(start, req.n);
+    let (mut prompt_tokens, mut open) = (0, req.n);
+    while open > 0 {
+        let Some((i, ev)) = events.recv().await else {
+            return Err(ApiError::Generation("the engine dropped the request before it finished".into()));
+        };
+        let Some(c) = choices.get_mut(i) else { continue };
+        match ev {
+            Event::Token { id, text, logprob } => {
+                c.text.push_str(&text);
+                if id != FLUSH_ID {
+                    timer.token(i, metrics);
+                    c.logprobs.extend(logprob);
+                }
+            }
+            Event::Done { finish_reason, prompt_tokens: p, completion_tokens } => {
+                c.finish = Some(finish_reason);
+                c.completion_tokens = completion_tokens;
+                prompt_tokens = p;
+                open -= 1;
+            }
+            Event::Error(msg) => return Err(ApiError::Generation(msg)),
+        }
+    }
+    Ok(json_response(StatusCode::OK, &response::completion(&meta, &choices, req.logprobs.is_some(), prompt_tokens)))
+}

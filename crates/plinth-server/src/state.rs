@@ -1,0 +1,66 @@
+//! What the handlers share: the served models (each with its engine, tokenizer, chat
+//! template and latency histograms), the request counter, and the access settings.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use plinth_engine::Engine;
+use plinth_tokenize::{ChatTemplate, Tokenizer};
+
+use crate::error::ApiError;
+use crate::gate::Cors;
+use crate::metrics::{ModelMetrics, RequestCounter};
+use crate::request::Prompt;
+
+pub struct AppState {
+    pub models: Vec<ModelState>,
+    pub requests: RequestCounter,
+    pub api_key: Option<String>,
+    pub cors: Option<Cors>,
+    pub max_body_bytes: usize,
+}
+
+pub struct ModelState {
+    pub name: String,
+    pub path: PathBuf,
+    /// When the server loaded it, for `/v1/models`.
+    pub created: u64,
+    pub engine: Engine,
+    pub tokenizer: Arc<Tokenizer>,
+    /// Parsed once at start-up; the error says why chat requests cannot be served.
+    pub template: Result<ChatTemplate, String>,
+    pub metrics: ModelMetrics,
+}
+
+impl AppState {
+    /// The index of the model a request names; exact names win over case-insensitive ones.
+    pub fn find(&self, name: &str) -> Result<usize, ApiError> {
+        (self.models.iter().position(|m| m.name == name))
+            .or_else(|| self.models.iter().position(|m| m.name.eq_ignore_ascii_case(name)))
+            .ok_or_else(|| ApiError::ModelNotFound(name.to_string()))
+    }
+
+    /// Cancels every request and stops the scheduler threads.
+    pub fn shutdown_engines(&self) {
+        for m in &self.models {
+            m.engine.shutdown();
+        }
+    }
+}
+
+impl ModelState {
+    /// Token ids of a prompt: chat messages through the model's template (which writes any
+    /// BOS itself, so none is added), plain text with the tokenizer's special tokens, token
+    /// ids as given.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, ApiError> {
+        match prompt {
+            Prompt::Chat(messages) => {
+                let template = self.template.as_ref().map_err(|why| ApiError::invalid("messages", why.clone()))?;
+                let text = template.render(messages, true).map_err(|e| ApiError::core(e, "messages"))?;
+                Ok(self.tokenizer.encode(&text, false)?)
+            }
+            Prompt::Text(text) => Ok(self.tokenizer.encode(text, true)?),
+            Prompt::Tokens(ids) => Ok(ids.clone()),
+        }
+    }
+}
