@@ -24,6 +24,10 @@ pub fn resolve(spec: &str) -> Result<ModelLocation> {
 }
 
 pub fn load(arg: &ModelArg) -> Result<Loaded> {
+    if arg.repack_q8 {
+        // Read by plinth_models' weight loader; set before any model thread exists.
+        std::env::set_var("PLINTH_REPACK_Q8", "1");
+    }
     let quantize = arg.quantize.as_deref().map(parse_quantize).transpose()?;
     let location = resolve(&arg.model)?;
     let loaded = load_decoder_with(&location, LoadOptions { quantize })?;

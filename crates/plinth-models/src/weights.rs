@@ -82,7 +82,27 @@ impl Weights {
         let w_name = format!("{prefix}.weight");
         match self {
             Weights::Safetensors(s) if s.quantize().is_none() => Ok(QLinear::from_tensor(self.tensor(&w_name, &[out_dim, in_dim])?, bias)),
-            _ => QLinear::from_qtensor(self.qtensor(&w_name, &[out_dim, in_dim])?, bias),
+            _ => QLinear::from_qtensor(repack_for_speed(self.qtensor(&w_name, &[out_dim, in_dim])?)?, bias),
         }
     }
+}
+
+/// Opt-in speed trade (`PLINTH_REPACK_Q8=1`, the CLI's `--repack-q8`): weight types whose
+/// candle matmul kernel has no SIMD path (Q4_1, Q5_0, Q5_1: scalar code, about half the speed
+/// of Q8_0 here) are re-quantized to Q8_0 once at load. On SmolLM2 Q4_1 this makes decode
+/// ~1.4x faster and lets batched decode scale (the scalar kernel is compute-bound), for ~45 MB
+/// more memory and a small accuracy cost: perplexity on the reference passage moves from
+/// +0.06 % to +0.84 % of llama.cpp's, and prompt logits are no longer exactly transformers'.
+/// Off by default (correctness first); our own kernels (the performance issue) will make it
+/// unnecessary.
+fn repack_for_speed(q: Arc<QTensor>) -> Result<Arc<QTensor>> {
+    let slow = matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
+    if !slow || !std::env::var_os("PLINTH_REPACK_Q8").is_some_and(|v| !v.is_empty() && v != "0") {
+        return Ok(q);
+    }
+    let inner = q.shape().dims().last().copied().unwrap_or(0);
+    if inner % GgmlDType::Q8_0.block_size() != 0 {
+        return Ok(q);
+    }
+    Ok(Arc::new(QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?))
 }

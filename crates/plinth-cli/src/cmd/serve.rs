@@ -48,7 +48,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let mut models = Vec::with_capacity(specs.len());
     for (spec, name) in specs.into_iter().zip(names) {
-        let m = load::load(&ModelArg { model: spec.clone(), quantize: a.quantize.clone() }).with_context(|| format!("loading model '{spec}'"))?;
+        let m = load::load(&ModelArg { model: spec.clone(), quantize: a.quantize.clone(), repack_q8: a.repack_q8 }).with_context(|| format!("loading model '{spec}'"))?;
         models.push(ModelSpec { name, path: m.location.path().to_path_buf(), model: m.model, tokenizer: m.tokenizer });
     }
     plinth_server::serve(config, models, |server| {
