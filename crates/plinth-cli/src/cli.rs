@@ -51,7 +51,7 @@ pub struct ModelArg {
     pub quantize: Option<String>,
     /// Speed over exactness: re-quantize Q4_1/Q5_x GGUF weights to Q8_0 at load (faster
     /// SIMD kernel, batched decode scales; ~45 MB more memory, slightly less accurate).
-    #[arg(long, env = "PLINTH_REPACK_Q8")]
+    #[arg(long, env = "PLINTH_REPACK_Q8", value_parser = clap::builder::BoolishValueParser::new())]
     pub repack_q8: bool,
 }
 
@@ -206,6 +206,6 @@ pub struct ServeArgs {
     pub quantize: Option<String>,
     /// Re-quantize Q4_1/Q5_x GGUF weights to Q8_0 at load: faster decode that scales with
     /// batching, for ~45 MB more memory and slightly less accuracy (see `--help` of generate).
-    #[arg(long, env = "PLINTH_REPACK_Q8")]
+    #[arg(long, env = "PLINTH_REPACK_Q8", value_parser = clap::builder::BoolishValueParser::new())]
     pub repack_q8: bool,
 }

@@ -97,7 +97,8 @@ impl Weights {
 /// unnecessary.
 fn repack_for_speed(q: Arc<QTensor>) -> Result<Arc<QTensor>> {
     let slow = matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
-    if !slow || !std::env::var_os("PLINTH_REPACK_Q8").is_some_and(|v| !v.is_empty() && v != "0") {
+    let on = std::env::var("PLINTH_REPACK_Q8").is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+    if !slow || !on {
         return Ok(q);
     }
     let inner = q.shape().dims().last().copied().unwrap_or(0);
