@@ -6,6 +6,7 @@
 //! Models never own their KV cache: the engine creates a [`KvCache`] with
 //! [`Decoder::new_cache`] and passes it to every [`Decoder::forward`] call.
 
+pub mod config;
 pub mod kv;
 pub mod layers;
 pub mod models;

@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor, D};
 use plinth_core::{Error, Result};
 use plinth_io::gguf::GgufFile;
 
+use crate::config::{check_dims, Dims};
 use crate::layers::{scaled_dot_product_attention, AttentionOptions, LayerNorm, Linear, Masks, QLinear};
 use crate::weights::Weights;
 use crate::{Decoder, DecoderInfo, KvCache};
@@ -154,14 +155,17 @@ impl Gpt2Config {
         if self.hidden_size / self.num_heads > 1024 || self.inner_size == 0 || self.inner_size > 1 << 20 {
             return bad(format!("head size {} / inner size {} are out of range", self.hidden_size / self.num_heads, self.inner_size));
         }
-        // Bounds that no real model exceeds keep a corrupt config from sizing huge buffers.
-        if self.max_positions == 0 || self.max_positions > 1 << 21 {
-            return bad(format!("context length {} is out of range", self.max_positions));
-        }
-        if self.num_layers == 0 || self.num_layers > 1024 || self.vocab_size == 0 || self.vocab_size > 1 << 22 {
-            return bad(format!("{} layers / vocabulary {} are out of range", self.num_layers, self.vocab_size));
-        }
-        Ok(())
+        check_dims(
+            path,
+            Dims {
+                num_heads: self.num_heads,
+                num_kv_heads: self.num_heads,
+                head_dim: self.hidden_size / self.num_heads,
+                max_positions: self.max_positions,
+                num_layers: self.num_layers,
+                vocab_size: self.vocab_size,
+            },
+        )
     }
 
     fn head_dim(&self) -> usize {

@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor, D};
 use plinth_core::{Error, Result};
 use plinth_io::gguf::GgufFile;
 
+use crate::config::{check_dims, Dims};
 use crate::layers::{scaled_dot_product_attention, AttentionOptions, Linear, Masks, QLinear, RmsNorm, RopeStyle, RotaryEmbedding};
 use crate::weights::Weights;
 use crate::{Decoder, DecoderInfo, KvCache};
@@ -168,21 +169,19 @@ impl Phi3Config {
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |what: String| Err(Error::format(path, what));
-        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return bad(format!("head counts {}/{} are not a valid grouping", self.num_heads, self.num_kv_heads));
-        }
-        if self.head_dim == 0 || self.head_dim > 1024 {
-            return bad(format!("head dimension {} is not in 1..=1024", self.head_dim));
-        }
+        check_dims(
+            path,
+            Dims {
+                num_heads: self.num_heads,
+                num_kv_heads: self.num_kv_heads,
+                head_dim: self.head_dim,
+                max_positions: self.max_position_embeddings,
+                num_layers: self.num_layers,
+                vocab_size: self.vocab_size,
+            },
+        )?;
         if self.rotary_dim == 0 || !self.rotary_dim.is_multiple_of(2) || self.rotary_dim > self.head_dim {
             return bad(format!("rotary dimension {} is not a positive even number <= head dimension {}", self.rotary_dim, self.head_dim));
-        }
-        // Bounds that no real model exceeds keep a corrupt config from sizing huge buffers.
-        if self.max_position_embeddings == 0 || self.max_position_embeddings > 1 << 21 {
-            return bad(format!("context length {} is out of range", self.max_position_embeddings));
-        }
-        if self.num_layers == 0 || self.num_layers > 1024 || self.vocab_size == 0 || self.vocab_size > 1 << 22 {
-            return bad(format!("{} layers / vocabulary {} are out of range", self.num_layers, self.vocab_size));
         }
         // Also keeps the fused row counts (`2 * intermediate`, `(heads + 2 kv) * head_dim`) from overflowing.
         if self.num_heads > 4096 || !(1..=1 << 20).contains(&self.hidden_size) || !(1..=1 << 20).contains(&self.intermediate_size) {
