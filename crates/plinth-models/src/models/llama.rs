@@ -379,7 +379,7 @@ impl Llama {
             c.advance(seq);
         }
         let x = if last_only { x.narrow(1, seq - 1, 1)? } else { x };
-        Ok(self.lm_head.forward(&self.norm.forward(&x)?)?)
+        self.lm_head.forward(&self.norm.forward(&x)?)
     }
 }
 
