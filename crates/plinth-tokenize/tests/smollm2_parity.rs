@@ -5,6 +5,9 @@
 use plinth_tokenize::{Detokenizer, Message, Tokenizer};
 use serde::Deserialize;
 
+mod common;
+use common::compare_case;
+
 #[derive(Deserialize)]
 struct Reference {
     bos_token_id: u32,
@@ -37,42 +40,13 @@ fn load() -> (Tokenizer, Reference) {
     (tok, reference)
 }
 
-fn stream(tok: &Tokenizer, ids: &[u32]) -> String {
-    let mut d = Detokenizer::new(tok, false);
-    let mut out = String::new();
-    for &id in ids {
-        out.push_str(&d.push(id).unwrap());
-    }
-    out.push_str(&d.finish().unwrap());
-    out
-}
 
 #[test]
 fn every_corpus_case_matches_hugging_face() {
     let (tok, reference) = load();
     let mut failures = Vec::new();
     for case in &reference.cases {
-        let ids = tok.encode(&case.text, false).unwrap();
-        if ids != case.ids {
-            failures.push(format!(
-                "encode {:?}\n   got  {:?}\n   want {:?}",
-                case.text, ids, case.ids
-            ));
-        }
-        let decoded = tok.decode(&case.ids, false).unwrap();
-        if decoded != case.decoded {
-            failures.push(format!(
-                "decode {:?}: got {:?}, want {:?}",
-                case.text, decoded, case.decoded
-            ));
-        }
-        let streamed = stream(&tok, &case.ids);
-        if streamed != decoded {
-            failures.push(format!(
-                "stream {:?}: got {:?}, decode gives {:?}",
-                case.text, streamed, decoded
-            ));
-        }
+        compare_case(&tok, &case.text, &case.ids, &case.decoded, &mut failures);
     }
     assert!(
         failures.is_empty(),
