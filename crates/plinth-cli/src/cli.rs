@@ -38,6 +38,176 @@ pub enum Command {
     /// Serve models over an OpenAI-compatible HTTP API (chat and text completions,
     /// streaming, /v1/models, /health, Prometheus /metrics). Stops on SIGTERM or Ctrl-C.
     Serve(ServeArgs),
+    /// Sentence embeddings from an encoder (default all-MiniLM-L6-v2): texts from arguments,
+    /// --file or stdin (one per line) to JSON lines or a .npy matrix.
+    Embed(EmbedArgs),
+    /// Semantic search: the lines of --corpus most similar to a query (the corpus is embedded
+    /// once and cached next to the file).
+    Search(SearchArgs),
+    /// Classify texts with a sequence-classification checkpoint (labels from its id2label).
+    Classify(ClassifyArgs),
+    /// Named entities (token classification) with character offsets.
+    Ner(NerArgs),
+    /// Extractive question answering: the span of --context that answers --question.
+    Answer(AnswerArgs),
+    /// Rank documents by relevance to a query with a cross-encoder.
+    Rerank(RerankArgs),
+}
+
+/// The model of an encoder command.
+#[derive(Args, Debug, Clone)]
+pub struct EncoderModelArg {
+    /// A model directory (Hugging Face or sentence-transformers), a known name, or a Hugging
+    /// Face repository `org/name`.
+    #[arg(short, long, env = "PLINTH_ENCODER", default_value = plinth_io::catalog::DEFAULT_EMBEDDER)]
+    pub model: String,
+}
+
+/// Texts to process: arguments, else --file, else stdin; one text per line.
+#[derive(Args, Debug, Clone)]
+pub struct TextsArg {
+    /// Texts; when none are given they are read from --file or stdin, one per line.
+    pub texts: Vec<String>,
+    /// Read texts from FILE, one per line (`-` for stdin).
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<String>,
+}
+
+/// What to do with inputs longer than the model takes.
+#[derive(Args, Debug, Clone)]
+pub struct TruncateArg {
+    /// Cut inputs longer than the model's limit (the default, as sentence-transformers does).
+    #[arg(long, overrides_with = "no_truncate")]
+    pub truncate: bool,
+    /// Refuse inputs longer than the model's limit instead of cutting them.
+    #[arg(long)]
+    pub no_truncate: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: EncoderModelArg,
+    #[command(flatten)]
+    pub texts: TextsArg,
+    /// Write to FILE instead of stdout; a name ending in .npy writes a float32 [N, dim] matrix.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<String>,
+    /// L2-normalise the embeddings (default: as the model is configured).
+    #[arg(long, overrides_with = "no_normalize")]
+    pub normalize: bool,
+    /// Do not normalise, even if the model is configured to.
+    #[arg(long)]
+    pub no_normalize: bool,
+    #[command(flatten)]
+    pub truncate: TruncateArg,
+    /// Keep only the first N dimensions (for Matryoshka-trained models).
+    #[arg(long)]
+    pub dimensions: Option<usize>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub model: EncoderModelArg,
+    /// The query.
+    pub query: String,
+    /// A text file; every non-empty line is a document.
+    #[arg(long, value_name = "FILE")]
+    pub corpus: String,
+    /// How many results.
+    #[arg(short = 'k', long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The model of a task-head command: a checkpoint with the matching head.
+#[derive(Args, Debug, Clone)]
+pub struct HeadModelArg {
+    /// A model directory, a known name or `org/name` whose checkpoint has the head this
+    /// command needs (e.g. `*ForSequenceClassification`).
+    #[arg(short, long, env = "PLINTH_MODEL")]
+    pub model: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub model: HeadModelArg,
+    #[command(flatten)]
+    pub texts: TextsArg,
+    /// Show the K best labels per text (0: all).
+    #[arg(short = 'k', long, default_value_t = 1)]
+    pub top_k: usize,
+    #[command(flatten)]
+    pub truncate: TruncateArg,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NerArgs {
+    #[command(flatten)]
+    pub model: HeadModelArg,
+    #[command(flatten)]
+    pub texts: TextsArg,
+    /// How sub-word predictions become entities: none, simple, first, average, max (as in
+    /// transformers' token-classification pipeline).
+    #[arg(long, default_value = "simple")]
+    pub aggregation: String,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AnswerArgs {
+    #[command(flatten)]
+    pub model: HeadModelArg,
+    /// The question.
+    #[arg(short, long)]
+    pub question: String,
+    /// File holding the context to find the answer in (`-` for stdin).
+    #[arg(short, long, value_name = "FILE")]
+    pub context: String,
+    /// How many candidate answers.
+    #[arg(short = 'k', long, default_value_t = 1)]
+    pub top_k: usize,
+    /// Tokens per window over a long context (default: min(model limit, 384)).
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Tokens of overlap between windows (default: half a window, at most 128).
+    #[arg(long)]
+    pub doc_stride: Option<usize>,
+    /// Longest answer, in tokens.
+    #[arg(long, default_value_t = 15)]
+    pub max_answer_len: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RerankArgs {
+    #[command(flatten)]
+    pub model: HeadModelArg,
+    /// The query.
+    #[arg(short, long)]
+    pub query: String,
+    #[command(flatten)]
+    pub documents: TextsArg,
+    /// Show only the N best documents (0: all).
+    #[arg(short = 'n', long, default_value_t = 0)]
+    pub top_n: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

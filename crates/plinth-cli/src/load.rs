@@ -41,3 +41,14 @@ pub fn load(arg: &ModelArg) -> Result<Loaded> {
     };
     Ok(Loaded { model: loaded.model, tokenizer, location, generation })
 }
+
+/// Resolves and loads an encoder (a Hugging Face or sentence-transformers directory).
+pub fn load_encoder(spec: &str) -> Result<plinth_tasks::EncoderModel> {
+    match resolve(spec)? {
+        ModelLocation::Dir(d) => Ok(plinth_tasks::EncoderModel::load(&d)?),
+        ModelLocation::Gguf(p) => anyhow::bail!(
+            "{} is a GGUF file; encoders (BERT-style models) load from a Hugging Face or sentence-transformers directory",
+            p.display()
+        ),
+    }
+}

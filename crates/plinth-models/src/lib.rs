@@ -7,14 +7,19 @@
 //! [`Decoder::new_cache`] and passes it to every [`Decoder::forward`] call.
 
 pub mod config;
+pub mod encoder;
 pub mod kv;
 pub mod layers;
 pub mod models;
 pub mod registry;
 pub mod weights;
 
+pub use encoder::{Encoder, EncoderBatch, EncoderHead, EncoderInfo, EncoderOutput};
 pub use kv::KvCache;
-pub use registry::{is_supported, load_decoder, load_decoder_with, parse_quantize, supported_architectures, LoadOptions, LoadedDecoder};
+pub use registry::{
+    is_encoder_type, is_supported, load_decoder, load_decoder_with, load_encoder, parse_quantize, supported_architectures,
+    supported_encoders, LoadOptions, LoadedDecoder,
+};
 
 use candle_core::Tensor;
 use plinth_core::Result;

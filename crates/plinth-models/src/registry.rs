@@ -1,6 +1,6 @@
 //! Architecture name -> constructor, keyed by `config.json` `model_type` and GGUF
 //! `general.architecture`. Adding an architecture is one file in `models/`, one entry in
-//! [`ARCHITECTURES`], and one parity test.
+//! [`ARCHITECTURES`] (decoders) or [`ENCODERS`] (encoders), and one parity test.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use plinth_io::{fetch::ModelLocation, gguf::GgufFile, safetensors::{self, Safete
 
 use crate::models;
 use crate::weights::Weights;
-use crate::Decoder;
+use crate::{Decoder, Encoder};
 
 /// Builds a model from a parsed `config.json` (its path, for error messages) and weights.
 pub type HfLoader = fn(&serde_json::Value, &Path, &Weights, &str) -> Result<Box<dyn Decoder>>;
@@ -37,6 +37,24 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture { names: &["gemma2"], hf: models::gemma2::load_hf, gguf: None },
     Architecture { names: &["gemma3_text"], hf: models::gemma3::load_hf, gguf: None },
     // New architectures: one line above this comment.
+];
+
+/// Builds an encoder from a parsed `config.json` (its path, for error messages) and weights.
+pub type EncoderLoader = fn(&serde_json::Value, &Path, &Weights, &str) -> Result<Box<dyn Encoder>>;
+
+/// One supported encoder architecture (Hugging Face safetensors directories only: llama.cpp's
+/// BERT GGUFs carry no task heads, and the encoders are small enough to run in f32).
+pub struct EncoderArchitecture {
+    /// `model_type` values it answers to.
+    pub names: &'static [&'static str],
+    pub hf: EncoderLoader,
+}
+
+pub const ENCODERS: &[EncoderArchitecture] = &[
+    EncoderArchitecture { names: &["bert"], hf: models::bert::load_hf },
+    EncoderArchitecture { names: &["roberta", "xlm-roberta", "camembert"], hf: models::bert::load_hf },
+    EncoderArchitecture { names: &["distilbert"], hf: models::distilbert::load_hf },
+    // New encoders: one line above this comment.
 ];
 
 fn find(name: &str) -> Option<&'static Architecture> {
@@ -118,4 +136,34 @@ fn load_hf_dir(dir: &Path, opts: LoadOptions) -> Result<LoadedDecoder> {
     let arch = find(&model_type).ok_or_else(|| Error::format(&config_path, unknown(&model_type).to_string()))?;
     let w = Weights::Safetensors(Arc::new(SafetensorsWeights::open_dir(dir)?.with_quantize(opts.quantize)));
     Ok(LoadedDecoder { model: (arch.hf)(&json, &config_path, &w, &model_type)?, gguf: None })
+}
+
+fn find_encoder(model_type: &str) -> Option<&'static EncoderArchitecture> {
+    ENCODERS.iter().find(|a| a.names.contains(&model_type))
+}
+
+/// The encoder `model_type`s, comma-separated.
+pub fn supported_encoders() -> String {
+    ENCODERS.iter().flat_map(|a| a.names.iter().copied()).collect::<Vec<_>>().join(", ")
+}
+
+/// Whether `model_type` names an encoder (load it with [`load_encoder`]) rather than a
+/// decoder (load it with [`load_decoder`]).
+pub fn is_encoder_type(model_type: &str) -> bool {
+    find_encoder(model_type).is_some()
+}
+
+/// Loads an encoder from a Hugging Face directory (`config.json` + safetensors). The head is
+/// chosen by `architectures[0]` (see [`crate::EncoderHead::from_config`]).
+pub fn load_encoder(dir: &Path) -> Result<Box<dyn Encoder>> {
+    let json = safetensors::read_config(dir)?;
+    let config_path = dir.join("config.json");
+    let model_type = json
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::missing(&config_path, "config field 'model_type'"))?;
+    let arch = find_encoder(model_type)
+        .ok_or_else(|| Error::UnknownArchitecture { name: model_type.to_string(), supported: supported_encoders() })?;
+    let w = Weights::Safetensors(Arc::new(SafetensorsWeights::open_dir(dir)?));
+    (arch.hf)(&json, &config_path, &w, model_type)
 }

@@ -31,6 +31,22 @@ pub fn smollm2_gguf() -> PathBuf {
     p
 }
 
+/// The real all-MiniLM-L6-v2 sentence-transformers directory: `$PLINTH_TEST_MINILM`, else
+/// the plinth cache. Panics with the fix when it is absent.
+pub fn minilm_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("PLINTH_TEST_MINILM") {
+        return PathBuf::from(p);
+    }
+    let entry = plinth_io::catalog::lookup(plinth_io::catalog::DEFAULT_EMBEDDER).expect("default embedder in catalog");
+    let p = plinth_io::fetch::cached_path(entry);
+    assert!(
+        p.join("model.safetensors").exists(),
+        "real model not found at {} — run scripts/fetch-models (or set PLINTH_HOME / PLINTH_TEST_MINILM)",
+        p.display()
+    );
+    p
+}
+
 /// Largest |a - b| and its index.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
     assert_eq!(a.len(), b.len(), "length mismatch");

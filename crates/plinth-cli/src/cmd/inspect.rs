@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use candle_core::quantized::GgmlDType;
-use plinth_core::ModelCard;
+use plinth_core::{ModelCard, Task};
 use plinth_io::fetch::ModelLocation;
 use plinth_io::safetensors::{read_config, SafetensorsWeights};
 use plinth_io::GgufFile;
@@ -103,6 +103,21 @@ fn loaded_bytes(name: &str, shape: &[usize], q: Option<GgmlDType>) -> usize {
     }
 }
 
+/// The task of an encoder checkpoint's head, from `architectures[0]`.
+fn encoder_head(cfg: &serde_json::Value) -> Option<Task> {
+    let name = cfg["architectures"][0].as_str().unwrap_or("");
+    if name.ends_with("ForSequenceClassification") {
+        let labels = cfg["id2label"].as_object().map_or(cfg["num_labels"].as_u64().unwrap_or(2) as usize, |m| m.len());
+        Some(if labels == 1 { Task::Reranking } else { Task::Classification })
+    } else if name.ends_with("ForTokenClassification") {
+        Some(Task::TokenClassification)
+    } else if name.ends_with("ForQuestionAnswering") {
+        Some(Task::QuestionAnswering)
+    } else {
+        None
+    }
+}
+
 fn dir_report(dir: &std::path::Path, quantize: Option<&str>) -> Result<Report> {
     let q = quantize.map(plinth_models::parse_quantize).transpose()?;
     let cfg = read_config(dir)?;
@@ -111,7 +126,11 @@ fn dir_report(dir: &std::path::Path, quantize: Option<&str>) -> Result<Report> {
     let infos = w.infos();
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).ok();
     let has_chat_template = tok.as_ref().is_some_and(|t| t.chat_template().is_some());
-    let card = ModelCard::text_decoder(&arch, has_chat_template);
+    let card = if plinth_models::is_encoder_type(&arch) {
+        ModelCard::text_encoder(&arch, encoder_head(&cfg))
+    } else {
+        ModelCard::text_decoder(&arch, has_chat_template)
+    };
     // GPT-2 style configs spell the sizes differently.
     let u = |k: &str| {
         let alt = match k {
@@ -178,13 +197,15 @@ pub fn run(a: InspectArgs) -> Result<()> {
     println!("chat template  {}", if r.has_chat_template { "yes" } else { "no" });
     let names = |v: &[plinth_core::Modality]| v.iter().map(|m| format!("{m:?}").to_lowercase()).collect::<Vec<_>>().join(", ");
     println!("model card");
-    println!("  family       {} (GPT-style: generates text)", r.card.family);
+    let style = if r.card.family == "encoder" { "BERT-style: understands text" } else { "GPT-style: generates text" };
+    println!("  family       {} ({style})", r.card.family);
     println!("  input        {}", names(&r.card.inputs));
     println!("  output       {}", names(&r.card.outputs));
     let tasks: Vec<String> = r.card.tasks.iter().map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()).collect();
     println!("  tasks        {}", tasks.join(", "));
     if r.is_llm {
-        println!("  kind         LLM: a text-only foundation model (text in, text out)");
+        let out = if r.card.family == "encoder" { names(&r.card.outputs) } else { "text".into() };
+        println!("  kind         LLM: a text-only foundation model (text in, {out} out)");
     } else {
         println!("  kind         multimodal foundation model");
     }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod embed;
 mod generate;
 mod inspect;
 mod pull;
@@ -22,6 +23,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pull(a) => pull::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Embed(a) => embed::run_embed(a),
+        Command::Search(a) => embed::run_search(a),
+        Command::Classify(_) | Command::Ner(_) | Command::Answer(_) | Command::Rerank(_) => anyhow::bail!("not yet"),
     }
 }
 

@@ -39,7 +39,12 @@ pub fn run(a: PullArgs) -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("unknown model name '{name}' (known names: {})", catalog::known_names()))?;
     let path = fetch::pull(entry, FetchOptions { progress: std::io::stderr().is_terminal(), download: true })?;
     if a.json {
-        println!("{}", json!({"name": entry.name, "path": path, "sha256": entry.sha256, "bytes": entry.size}));
+        println!("{}", json!({
+                "name": entry.name,
+                "path": path,
+                "bytes": entry.size(),
+                "files": entry.files.iter().map(|f| json!({"path": f.path, "sha256": f.sha256, "bytes": f.size})).collect::<Vec<_>>(),
+            }));
     } else {
         println!("{}", path.display());
     }

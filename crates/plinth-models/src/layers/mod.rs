@@ -1,10 +1,12 @@
 //! Building blocks shared by the architectures in [`crate::models`].
 
+pub mod activation;
 pub mod attention;
 pub mod linear;
 pub mod norm;
 pub mod rope;
 
+pub use activation::Activation;
 pub use attention::{causal_mask, needs_mask, scaled_dot_product_attention, AttentionOptions, Masks};
 pub use linear::{Linear, QLinear};
 pub use norm::{LayerNorm, RmsNorm};

@@ -16,46 +16,10 @@ use plinth_core::{Error, Result};
 use plinth_io::gguf::GgufFile;
 
 use crate::config::{check_dims, Dims};
+pub use crate::layers::Activation;
 use crate::layers::{scaled_dot_product_attention, AttentionOptions, LayerNorm, Linear, Masks, QLinear};
 use crate::weights::Weights;
 use crate::{Decoder, DecoderInfo, KvCache};
-
-/// The MLP nonlinearity, by transformers' `activation_function` name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// The tanh approximation ("gelu_new", the original GPT-2's).
-    GeluTanh,
-    /// The exact erf form ("gelu").
-    GeluErf,
-    Relu,
-    Silu,
-    /// `x * sigmoid(1.702 x)`.
-    QuickGelu,
-}
-
-impl Activation {
-    fn from_name(name: &str, path: &Path) -> Result<Self> {
-        Ok(match name {
-            // transformers' three tanh forms are the same formula, written differently.
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "gelu" => Activation::GeluErf,
-            "relu" => Activation::Relu,
-            "silu" | "swish" => Activation::Silu,
-            "quick_gelu" => Activation::QuickGelu,
-            other => return Err(Error::unsupported(path, format!("activation_function '{other}'"))),
-        })
-    }
-
-    fn apply(self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Activation::GeluTanh => x.gelu()?,
-            Activation::GeluErf => x.gelu_erf()?,
-            Activation::Relu => x.relu()?,
-            Activation::Silu => x.silu()?,
-            Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
-        })
-    }
-}
 
 /// Hyper-parameters, from a Hugging Face `config.json` or GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +59,7 @@ impl Gpt2Config {
         let b = |key: &str, default: bool| json.get(key).and_then(|v| v.as_bool()).unwrap_or(default);
         let hidden_size = u(&["n_embd", "hidden_size"], 768)?;
         let activation = match json.get("activation_function").and_then(|v| v.as_str()) {
-            Some(name) => Activation::from_name(name, path)?,
+            Some(name) => Activation::from_hf(name, "activation_function", path)?,
             None => Activation::GeluTanh,
         };
         let cfg = Gpt2Config {

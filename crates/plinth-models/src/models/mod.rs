@@ -1,5 +1,8 @@
-//! One file per architecture.
+//! One file per architecture: the decoders, and the encoders (`bert` with its relatives,
+//! `distilbert`).
 
+pub mod bert;
+pub mod distilbert;
 pub mod gemma2;
 pub mod gemma3;
 pub mod gpt2;

@@ -1,0 +1,18 @@
+//! The task layer: what users ask models to do, on top of `plinth-models`. Encoders:
+//! sentence embeddings ([`embed`]) and corpus search ([`search`]), sequence classification and
+//! cross-encoder reranking ([`classify`]), named-entity recognition ([`ner`]) and extractive
+//! question answering ([`qa`]); [`service`] batches concurrent embedding requests for the
+//! server. Post-processing follows the transformers pipelines and sentence-transformers, so
+//! results can be compared number for number.
+
+pub mod embed;
+pub mod model;
+pub mod search;
+pub mod service;
+pub mod text;
+
+pub use embed::{cosine, EmbedInput, EmbedOptions, Embeddings};
+pub use model::{normalize, EncoderModel, Pooling};
+pub use search::{CorpusIndex, Hit};
+pub use service::{EmbedService, ServiceConfig};
+pub use text::{Encoded, EncoderTokenizer, Overflow};
