@@ -52,3 +52,16 @@ pub fn load_encoder(spec: &str) -> Result<plinth_tasks::EncoderModel> {
         ),
     }
 }
+
+/// Whether a resolved location is an encoder (a sentence-transformers directory or a
+/// directory whose `config.json` names an encoder architecture).
+pub fn is_encoder(loc: &ModelLocation) -> bool {
+    let ModelLocation::Dir(d) = loc else { return false };
+    if d.join("modules.json").exists() {
+        return true;
+    }
+    plinth_io::safetensors::read_config(d)
+        .ok()
+        .and_then(|c| c.get("model_type").and_then(|v| v.as_str()).map(plinth_models::is_encoder_type))
+        .unwrap_or(false)
+}

@@ -90,7 +90,7 @@ pub async fn gate(State(s): State<Arc<AppState>>, req: Request, next: Next) -> R
     let mut res = match (&s.cors, &s.api_key) {
         // Browsers send preflights without credentials, so they are answered before the key check.
         (Some(cors), _) if is_preflight => preflight(cors, &headers),
-        (_, Some(key)) if req.uri().path().starts_with("/v1") && !authorized(&headers, key) => ApiError::Unauthorized.into_response(),
+        (_, Some(key)) if !matches!(req.uri().path(), "/health" | "/metrics") && !authorized(&headers, key) => ApiError::Unauthorized.into_response(),
         _ => next.run(req).await,
     };
     if let Some(cors) = &s.cors {

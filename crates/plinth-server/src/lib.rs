@@ -1,14 +1,17 @@
 //! `plinth serve`: an OpenAI-compatible HTTP server over plinth's engines.
 //!
-//! Owns binding the socket, one continuous-batching [`Engine`] per served model, the routes
-//! (`POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`, `GET /health`,
-//! `GET /metrics`) and graceful shutdown. Request parsing lives in `request`, response
-//! shapes in `response`, streaming in `stream`, the single error-to-status mapping in
-//! `error`, CORS / API key / request counting in `gate`, Prometheus metrics in `metrics`.
+//! Owns binding the socket, one continuous-batching [`Engine`] per served decoder and one
+//! embedding batcher per served encoder, the routes (`POST /v1/chat/completions`,
+//! `POST /v1/completions`, `POST /v1/embeddings`, `POST /v1/rerank`, `GET /v1/models`,
+//! `GET /health`, `GET /metrics`) and graceful shutdown. Request parsing lives in `request`
+//! (encoder requests in `encode`), response shapes in `response`, streaming in `stream`, the
+//! single error-to-status mapping in `error`, CORS / API key / request counting in `gate`,
+//! Prometheus metrics in `metrics`.
 //!
 //! Use [`serve`] from a binary, or [`Server::bind`] then [`Server::run`] to control the
 //! runtime and the shutdown signal (as the tests do).
 
+mod encode;
 mod error;
 mod gate;
 mod metrics;
@@ -74,12 +77,22 @@ pub struct ModelSpec {
     pub tokenizer: Tokenizer,
 }
 
+/// A loaded encoder to serve under `name` (embeddings; reranking when it is a cross-encoder).
+pub struct EncoderSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub model: plinth_tasks::EncoderModel,
+}
+
 /// What the server says about a model it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
     pub name: String,
     pub path: PathBuf,
+    /// Context window (decoders) or longest input (encoders), in tokens.
     pub context: usize,
+    /// `"decoder"` or `"encoder"`.
+    pub family: &'static str,
 }
 
 /// A bound, not yet running server.
@@ -89,16 +102,17 @@ pub struct Server {
     state: Arc<state::AppState>,
 }
 
-fn check_config(config: &ServerConfig, models: &[ModelSpec]) -> Result<()> {
-    if models.is_empty() {
+fn check_config(config: &ServerConfig, models: &[ModelSpec], encoders: &[EncoderSpec]) -> Result<()> {
+    let all: Vec<(&str, &PathBuf)> = models.iter().map(|m| (m.name.as_str(), &m.path)).chain(encoders.iter().map(|e| (e.name.as_str(), &e.path))).collect();
+    if all.is_empty() {
         return Err(Error::invalid("--model", "at least one model is needed"));
     }
-    for (i, m) in models.iter().enumerate() {
-        if m.name.trim().is_empty() {
-            return Err(Error::invalid("--alias", format!("the name of model {} ({}) is empty", i + 1, m.path.display())));
+    for (i, (name, path)) in all.iter().enumerate() {
+        if name.trim().is_empty() {
+            return Err(Error::invalid("--alias", format!("the name of model {} ({}) is empty", i + 1, path.display())));
         }
-        if models[..i].iter().any(|o| o.name == m.name) {
-            return Err(Error::invalid("--alias", format!("two models are named '{}'; give each its own --alias", m.name)));
+        if all[..i].iter().any(|o| o.0 == *name) {
+            return Err(Error::invalid("--alias", format!("two models are named '{name}'; give each its own --alias")));
         }
     }
     let e = &config.engine;
@@ -114,9 +128,10 @@ fn check_config(config: &ServerConfig, models: &[ModelSpec]) -> Result<()> {
 }
 
 impl Server {
-    /// Checks the settings, binds the socket and starts one engine per model.
-    pub async fn bind(config: ServerConfig, models: Vec<ModelSpec>) -> Result<Server> {
-        check_config(&config, &models)?;
+    /// Checks the settings, binds the socket and starts one engine per decoder and one
+    /// batching service per encoder.
+    pub async fn bind(config: ServerConfig, models: Vec<ModelSpec>, encoders: Vec<EncoderSpec>) -> Result<Server> {
+        check_config(&config, &models, &encoders)?;
         let cors = match config.cors.as_deref() {
             Some(spec) => Some(gate::Cors::parse(spec).ok_or_else(|| Error::invalid("--cors", "names no origin (give * or a list of origins)"))?),
             None => None,
@@ -141,8 +156,21 @@ impl Server {
                 }
             })
             .collect();
+        let service = plinth_tasks::ServiceConfig { max_queue: config.engine.max_queue, ..Default::default() };
+        let encoders = encoders
+            .into_iter()
+            .map(|e| {
+                Ok(state::EncoderState {
+                    service: plinth_tasks::EmbedService::start(Arc::new(e.model), service)?,
+                    name: e.name,
+                    path: e.path,
+                    created,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let state = state::AppState {
             models,
+            encoders,
             requests: Default::default(),
             api_key: config.api_key,
             cors,
@@ -158,7 +186,14 @@ impl Server {
 
     pub fn models(&self) -> Vec<ModelInfo> {
         let s = &self.state;
-        s.models.iter().map(|m| ModelInfo { name: m.name.clone(), path: m.path.clone(), context: m.engine.context_length() }).collect()
+        let decoders = s.models.iter().map(|m| ModelInfo { name: m.name.clone(), path: m.path.clone(), context: m.engine.context_length(), family: "decoder" });
+        let encoders = s.encoders.iter().map(|e| ModelInfo {
+            name: e.name.clone(),
+            path: e.path.clone(),
+            context: e.service.model().tokenizer.max_len(),
+            family: "encoder",
+        });
+        decoders.chain(encoders).collect()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
@@ -219,10 +254,10 @@ pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
 /// Runs the server on its own tokio runtime until SIGTERM or Ctrl-C. `on_ready` is called
 /// once the socket is bound and the signal handlers are installed (a binary prints its
 /// banner there).
-pub fn serve(config: ServerConfig, models: Vec<ModelSpec>, on_ready: impl FnOnce(&Server)) -> Result<()> {
+pub fn serve(config: ServerConfig, models: Vec<ModelSpec>, encoders: Vec<EncoderSpec>, on_ready: impl FnOnce(&Server)) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Error::io("tokio runtime", e))?;
     rt.block_on(async move {
-        let server = Server::bind(config, models).await?;
+        let server = Server::bind(config, models, encoders).await?;
         let signal = shutdown_signal()?;
         on_ready(&server);
         server.run(signal).await

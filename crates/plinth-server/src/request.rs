@@ -56,7 +56,7 @@ pub struct GenRequest {
 
 type Res<T> = Result<T, ApiError>;
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -73,14 +73,14 @@ fn as_int(v: &Value) -> Option<i64> {
 }
 
 /// Typed, range-checked access to the body's top-level fields; `null` counts as absent.
-struct Fields<'a>(&'a Map<String, Value>);
+pub(crate) struct Fields<'a>(pub(crate) &'a Map<String, Value>);
 
 impl<'a> Fields<'a> {
-    fn get(&self, k: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, k: &str) -> Option<&'a Value> {
         self.0.get(k).filter(|v| !v.is_null())
     }
 
-    fn number(&self, k: &str, lo: f64, hi: f64) -> Res<Option<f32>> {
+    pub(crate) fn number(&self, k: &str, lo: f64, hi: f64) -> Res<Option<f32>> {
         let Some(v) = self.get(k) else { return Ok(None) };
         let x = v.as_f64().ok_or_else(|| ApiError::invalid(k, format!("'{k}' must be a number, got {}", kind(v))))?;
         if !(lo..=hi).contains(&x) {
@@ -89,7 +89,7 @@ impl<'a> Fields<'a> {
         Ok(Some(x as f32))
     }
 
-    fn int(&self, k: &str, lo: i64, hi: i64) -> Res<Option<i64>> {
+    pub(crate) fn int(&self, k: &str, lo: i64, hi: i64) -> Res<Option<i64>> {
         let Some(v) = self.get(k) else { return Ok(None) };
         let x = as_int(v).ok_or_else(|| ApiError::invalid(k, format!("'{k}' must be an integer, got {}", describe(v))))?;
         if !(lo..=hi).contains(&x) {
@@ -99,12 +99,12 @@ impl<'a> Fields<'a> {
         Ok(Some(x))
     }
 
-    fn bool(&self, k: &str) -> Res<Option<bool>> {
+    pub(crate) fn bool(&self, k: &str) -> Res<Option<bool>> {
         let Some(v) = self.get(k) else { return Ok(None) };
         v.as_bool().map(Some).ok_or_else(|| ApiError::invalid(k, format!("'{k}' must be a boolean, got {}", kind(v))))
     }
 
-    fn string(&self, k: &str) -> Res<Option<&'a str>> {
+    pub(crate) fn string(&self, k: &str) -> Res<Option<&'a str>> {
         let Some(v) = self.get(k) else { return Ok(None) };
         v.as_str().map(Some).ok_or_else(|| ApiError::invalid(k, format!("'{k}' must be a string, got {}", kind(v))))
     }

@@ -22,7 +22,7 @@ use crate::metrics::{self, ModelView, TokenTimer};
 use crate::request::{Endpoint, GenRequest};
 use crate::response::{self, Choice, Meta};
 use crate::state::AppState;
-use crate::{gate, stream};
+use crate::{encode, gate, stream};
 
 /// The id the scheduler gives the final flush of held-back text, which is no sampled token
 /// and so has no timing or log-probability of its own.
@@ -32,6 +32,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(encode::embeddings))
+        .route("/v1/rerank", post(encode::rerank))
+        .route("/rerank", post(encode::rerank))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
@@ -51,18 +54,26 @@ async fn health() -> Response {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-fn model_object(m: &crate::state::ModelState) -> Value {
-    json!({"id": m.name, "object": "model", "created": m.created, "owned_by": "plinth"})
+fn model_object(name: &str, created: u64) -> Value {
+    json!({"id": name, "object": "model", "created": created, "owned_by": "plinth"})
 }
 
 async fn models(State(s): State<Arc<AppState>>) -> Response {
-    let data: Vec<Value> = s.models.iter().map(model_object).collect();
+    let data: Vec<Value> = s
+        .models
+        .iter()
+        .map(|m| model_object(&m.name, m.created))
+        .chain(s.encoders.iter().map(|e| model_object(&e.name, e.created)))
+        .collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
 async fn model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    if let Some(e) = s.encoders.iter().find(|e| e.name == id) {
+        return Ok(json_response(StatusCode::OK, &model_object(&e.name, e.created)));
+    }
     let i = s.find(&id)?;
-    Ok(json_response(StatusCode::OK, &model_object(&s.models[i])))
+    Ok(json_response(StatusCode::OK, &model_object(&s.models[i].name, s.models[i].created)))
 }
 
 async fn metrics_page(State(s): State<Arc<AppState>>) -> Response {
@@ -88,7 +99,7 @@ async fn completions(State(s): State<Arc<AppState>>, body: Result<Bytes, BytesRe
     generate(s, Endpoint::Completion, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn body_error(r: BytesRejection, limit: usize) -> ApiError {
+pub(crate) fn body_error(r: BytesRejection, limit: usize) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::BodyTooLarge(limit)
     } else {

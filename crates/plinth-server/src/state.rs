@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use plinth_engine::Engine;
+use plinth_tasks::EmbedService;
 use plinth_tokenize::{ChatTemplate, Tokenizer};
 
 use crate::error::ApiError;
@@ -14,6 +15,7 @@ use crate::request::Prompt;
 
 pub struct AppState {
     pub models: Vec<ModelState>,
+    pub encoders: Vec<EncoderState>,
     pub requests: RequestCounter,
     pub api_key: Option<String>,
     pub cors: Option<Cors>,
@@ -32,12 +34,26 @@ pub struct ModelState {
     pub metrics: ModelMetrics,
 }
 
+/// A served encoder: embeddings through its batching service, reranking beside it.
+pub struct EncoderState {
+    pub name: String,
+    pub path: PathBuf,
+    pub created: u64,
+    pub service: EmbedService,
+}
+
 impl AppState {
     /// The index of the model a request names; exact names win over case-insensitive ones.
     pub fn find(&self, name: &str) -> Result<usize, ApiError> {
         (self.models.iter().position(|m| m.name == name))
             .or_else(|| self.models.iter().position(|m| m.name.eq_ignore_ascii_case(name)))
-            .ok_or_else(|| ApiError::ModelNotFound(name.to_string()))
+            .ok_or_else(|| {
+                if self.encoders.iter().any(|e| e.name.eq_ignore_ascii_case(name)) {
+                    ApiError::invalid("model", format!("'{name}' is an encoder model (embeddings, reranking); it cannot generate text"))
+                } else {
+                    ApiError::ModelNotFound(name.to_string())
+                }
+            })
     }
 
     /// Cancels every request and stops the scheduler threads.

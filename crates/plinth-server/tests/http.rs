@@ -30,7 +30,7 @@ fn server() -> SocketAddr {
                     engine: EngineConfig { max_running: 8, max_queue: 64, prefill_chunk: 256 },
                     ..ServerConfig::default()
                 };
-                let server = Server::bind(config, vec![smollm2("smollm2"), smollm2("second")]).await.unwrap();
+                let server = Server::bind(config, vec![smollm2("smollm2"), smollm2("second")], vec![]).await.unwrap();
                 tx.send(server.local_addr()).unwrap();
                 server.run(std::future::pending()).await.unwrap();
             });

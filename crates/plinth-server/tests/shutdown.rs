@@ -12,7 +12,7 @@ use serde_json::json;
 #[test]
 fn shutdown_ends_in_flight_streams_and_returns() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let server = rt.block_on(Server::bind(ServerConfig { port: 0, ..ServerConfig::default() }, vec![smollm2("m")])).unwrap();
+    let server = rt.block_on(Server::bind(ServerConfig { port: 0, ..ServerConfig::default() }, vec![smollm2("m")], vec![])).unwrap();
     let addr = server.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = rt.spawn(server.run(async move {

@@ -5,14 +5,20 @@
 //! server. Post-processing follows the transformers pipelines and sentence-transformers, so
 //! results can be compared number for number.
 
+pub mod classify;
 pub mod embed;
 pub mod model;
+pub mod ner;
+pub mod qa;
 pub mod search;
 pub mod service;
 pub mod text;
 
+pub use classify::{ClassifyOptions, LabelScore, Ranked, RerankOptions, ScoreFunction};
 pub use embed::{cosine, EmbedInput, EmbedOptions, Embeddings};
 pub use model::{normalize, EncoderModel, Pooling};
+pub use ner::{Aggregation, Entity, NerOptions};
+pub use qa::{Answer, QaOptions};
 pub use search::{CorpusIndex, Hit};
 pub use service::{EmbedService, ServiceConfig};
 pub use text::{Encoded, EncoderTokenizer, Overflow};

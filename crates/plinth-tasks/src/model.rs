@@ -185,7 +185,11 @@ impl EncoderModel {
         for chunk in order.chunks(batch_size.max(1)) {
             let ids: Vec<Vec<u32>> = chunk.iter().map(|&i| inputs[i].get_ids().to_vec()).collect();
             let types: Vec<Vec<u32>> = chunk.iter().map(|&i| inputs[i].get_type_ids().to_vec()).collect();
-            let batch = EncoderBatch::new(&ids, Some(&types), self.tokenizer.pad_id())?;
+            // Token types only for models that read them: transformers passes
+            // `token_type_ids` only when the tokenizer lists them (BERT), so RoBERTa-style
+            // models (one type) and DistilBERT (none) see zeros whatever the post-processor set.
+            let types = (self.info().type_vocab_size > 1).then_some(types.as_slice());
+            let batch = EncoderBatch::new(&ids, types, self.tokenizer.pad_id())?;
             let t = batch.seq_len();
             let out = self.model.forward(&batch)?;
             let hidden = flat(&out.hidden)?;

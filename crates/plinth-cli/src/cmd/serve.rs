@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use plinth_engine::EngineConfig;
-use plinth_server::{ModelSpec, ServerConfig};
+use plinth_server::{EncoderSpec, ModelSpec, ServerConfig};
 
 use crate::cli::{ModelArg, ServeArgs};
 use crate::load;
@@ -46,17 +46,24 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         engine: EngineConfig { max_running: a.max_running, max_queue: a.max_queue, ..EngineConfig::default() },
     };
-    let mut models = Vec::with_capacity(specs.len());
+    let (mut models, mut encoders) = (Vec::new(), Vec::new());
     for (spec, name) in specs.into_iter().zip(names) {
+        // Encoders (embedding models, cross-encoders) are served beside decoders.
+        let loc = load::resolve(spec).with_context(|| format!("loading model '{spec}'"))?;
+        if load::is_encoder(&loc) {
+            let model = plinth_tasks::EncoderModel::load(loc.path()).with_context(|| format!("loading model '{spec}'"))?;
+            encoders.push(EncoderSpec { name, path: loc.path().to_path_buf(), model });
+            continue;
+        }
         let m = load::load(&ModelArg { model: spec.clone(), quantize: a.quantize.clone(), repack_q8: a.repack_q8 }).with_context(|| format!("loading model '{spec}'"))?;
         models.push(ModelSpec { name, path: m.location.path().to_path_buf(), model: m.model, tokenizer: m.tokenizer });
     }
-    plinth_server::serve(config, models, |server| {
+    plinth_server::serve(config, models, encoders, |server| {
         // Scripts and tests wait for, and parse, these lines, so they go out at once.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "plinth serve listening on http://{}", server.local_addr());
         for m in server.models() {
-            let _ = writeln!(out, "model {}: {} (context {})", m.name, m.path.display(), m.context);
+            let _ = writeln!(out, "model {}: {} ({}, context {})", m.name, m.path.display(), m.family, m.context);
         }
         let _ = out.flush();
     })?;
