@@ -29,6 +29,10 @@ impl Pooling {
     /// Parses `1_Pooling/config.json`.
     pub fn from_config(path: &Path) -> Result<Self> {
         let j = read_json(path)?;
+        // sentence-transformers 6 writes one `pooling_mode` string instead of the flags.
+        if let Some(mode) = j.get("pooling_mode").and_then(Json::as_str) {
+            return Self::from_name(mode).map_err(|e| Error::format(path, e.to_string()));
+        }
         let flag = |k: &str| j.get(k).and_then(Json::as_bool).unwrap_or(false);
         if flag("pooling_mode_weightedmean_tokens") {
             return Err(Error::unsupported(path, "weighted-mean pooling"));

@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod embed;
 mod generate;
+mod heads;
 mod inspect;
 mod pull;
 mod serve;
@@ -25,7 +26,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Embed(a) => embed::run_embed(a),
         Command::Search(a) => embed::run_search(a),
-        Command::Classify(_) | Command::Ner(_) | Command::Answer(_) | Command::Rerank(_) => anyhow::bail!("not yet"),
+        Command::Classify(a) => heads::run_classify(a),
+        Command::Ner(a) => heads::run_ner(a),
+        Command::Answer(a) => heads::run_answer(a),
+        Command::Rerank(a) => heads::run_rerank(a),
     }
 }
 
