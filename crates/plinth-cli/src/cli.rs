@@ -335,6 +335,16 @@ pub struct BenchArgs {
     /// these numbers of concurrent requests (comma-separated, e.g. 1,4,16).
     #[arg(long, value_delimiter = ',')]
     pub concurrency: Vec<usize>,
+    /// Instead, measure sentence embedding: sentences per second over the lines of FILE with
+    /// the encoder --encoder, in batches of --batch-size.
+    #[arg(long, value_name = "FILE")]
+    pub embed: Option<String>,
+    /// The encoder for --embed.
+    #[arg(long, default_value = plinth_io::catalog::DEFAULT_EMBEDDER)]
+    pub encoder: String,
+    /// Texts per forward pass for --embed.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

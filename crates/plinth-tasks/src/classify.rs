@@ -301,14 +301,14 @@ mod tests {
 
     #[test]
     fn auto_function_follows_the_pipeline_order() {
-        use ScoreFunction::*;
-        assert_eq!(Auto.resolve(None, 3), Softmax);
-        assert_eq!(Auto.resolve(None, 1), Sigmoid);
-        assert_eq!(Auto.resolve(Some("multi_label_classification"), 4), Sigmoid);
-        assert_eq!(Auto.resolve(Some("single_label_classification"), 1), Sigmoid);
-        assert_eq!(Auto.resolve(Some("regression"), 1), None);
-        assert_eq!(Softmax.resolve(Some("regression"), 1), Softmax);
-        assert_eq!(ScoreFunction::from_name("SIGMOID").unwrap(), Sigmoid);
+        use ScoreFunction as F;
+        assert_eq!(F::Auto.resolve(None, 3), F::Softmax);
+        assert_eq!(F::Auto.resolve(None, 1), F::Sigmoid);
+        assert_eq!(F::Auto.resolve(Some("multi_label_classification"), 4), F::Sigmoid);
+        assert_eq!(F::Auto.resolve(Some("single_label_classification"), 1), F::Sigmoid);
+        assert_eq!(F::Auto.resolve(Some("regression"), 1), F::None);
+        assert_eq!(F::Softmax.resolve(Some("regression"), 1), F::Softmax);
+        assert_eq!(F::from_name("SIGMOID").unwrap(), F::Sigmoid);
         assert!(ScoreFunction::from_name("tanh").is_err());
     }
 }

@@ -1,9 +1,11 @@
 //! Extractive question answering on a checkpoint whose head is `*ForQuestionAnswering`,
 //! matching transformers 4.x' `QuestionAnsweringPipeline` with a fast tokenizer: the question
 //! first and the context split into overlapping windows (`max_seq_len`, `doc_stride`), every
-//! non-context token but CLS masked out, start/end softmax per window, the best spans from the
-//! outer product (`decode_spans`), answers snapped to whole words (`align_to_words`), answers
-//! with the same text merged across windows, and the best `top_k` overall.
+//! non-context token but CLS masked out, start/end softmax per window, the best `2 top_k + 10`
+//! spans from the outer product (`decode_spans`), answers snapped to whole words
+//! (`align_to_words`), answers with the same text merged (scores added) within and across
+//! windows, and the best `top_k` overall. Checked against transformers 4.57.6 in
+//! `tests/pipelines.rs`.
 //!
 //! Offsets are in characters, as Python indexes strings.
 
@@ -76,9 +78,10 @@ pub fn decode_spans(start: &[f32], end: &[f32], top_k: usize, max_answer_len: us
         return Vec::new();
     }
     let mut picked: Vec<(usize, usize, f32)> = Vec::new();
-    for s in 0..n {
-        for e in s..n.min(s + max_answer_len) {
-            let score = start[s] * end[e];
+    for (s, &p_start) in start[..n].iter().enumerate() {
+        let last = n.min(s.saturating_add(max_answer_len));
+        for (e, &p_end) in end[..last].iter().enumerate().skip(s) {
+            let score = p_start * p_end;
             if score > 0.0 {
                 picked.push((s, e, score));
             }
@@ -175,7 +178,10 @@ impl EncoderModel {
                 .zip(enc.get_ids())
                 .map(|(&seq, &id)| seq == Some(1) || Some(id) == cls)
                 .collect();
-            let (spans, null) = select_spans(&start, &end, &allowed, opts.top_k, opts.max_answer_len);
+            // Several spans often widen to the same words and merge; transformers 4.57 therefore
+            // decodes `2 top_k + 10` spans per window when aligning, so that `top_k` remain.
+            let pre_top_k = if opts.align_to_words { opts.top_k.saturating_mul(2).saturating_add(10) } else { opts.top_k };
+            let (spans, null) = select_spans(&start, &end, &allowed, pre_top_k, opts.max_answer_len);
             if opts.handle_impossible_answer {
                 null_score = null_score.min(null);
             }
@@ -232,7 +238,7 @@ impl EncoderModel {
         let n_context = seq.iter().filter(|s| **s == Some(1)).count();
         let added_pair = full.len() - n_question - n_context;
         let added_single = tok.encode_fast("", true).map_err(err)?.len();
-        if max_seq_len <= added_pair + n_question {
+        if max_seq_len <= (added_pair + n_question).max(added_single) {
             return Err(Error::invalid(
                 "question",
                 format!(
@@ -269,7 +275,7 @@ mod tests {
         let end = [0.0, 0.0, 0.1, 0.6, 0.3];
         let allowed = [true, false, true, true, true];
         let spans = decode_spans(&start, &end, 3, 15, &allowed);
-        let want = [(2, 3, 0.30), (2, 4, 0.15), (3, 3, 0.18)];
+        let want = [(2, 3, 0.30f32), (2, 4, 0.15), (3, 3, 0.18)];
         let mut sorted = want;
         sorted.sort_by(|a, b| b.2.total_cmp(&a.2));
         assert_eq!(spans.len(), 3);

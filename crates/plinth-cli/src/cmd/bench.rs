@@ -99,6 +99,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.runs == 0 || a.prompt_tokens == 0 || a.gen_tokens == 0 || a.concurrency.contains(&0) {
         anyhow::bail!("--runs, --prompt-tokens, --gen-tokens and --concurrency must be at least 1");
     }
+    if let Some(file) = &a.embed {
+        return embed_bench(file, &a);
+    }
     let m = load::load(&a.model)?;
     if !a.concurrency.is_empty() {
         return concurrency_bench(m, &a);
@@ -154,6 +157,65 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("prefill      {:.1} tok/s  ({} tokens, median of {})", r.prefill_tok_s, r.prompt_tokens, r.runs);
         println!("decode       {:.1} tok/s  ({} tokens)", r.decode_tok_s, r.gen_tokens);
         println!("first token  {:.1} ms", r.ttft_ms);
+        println!("peak RSS     {:.1} MB", r.peak_rss_mb);
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct EmbedReport {
+    model: String,
+    threads: usize,
+    runs: usize,
+    sentences: usize,
+    tokens: usize,
+    batch_size: usize,
+    sentences_per_s: f64,
+    tokens_per_s: f64,
+    peak_rss_mb: f64,
+}
+
+/// Sentences per second embedding every line of `file` (tokenization included, model load
+/// not), median of `a.runs` after one untimed warm-up batch.
+fn embed_bench(file: &str, a: &BenchArgs) -> Result<()> {
+    use plinth_tasks::{EmbedInput, EmbedOptions};
+    let texts: Vec<String> = std::fs::read_to_string(file)?.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    if texts.is_empty() || a.batch_size == 0 {
+        anyhow::bail!("--embed needs a file with at least one non-empty line, and --batch-size at least 1");
+    }
+    let model = load::load_encoder(&a.encoder)?;
+    let inputs: Vec<EmbedInput> = texts.iter().map(|t| EmbedInput::Text(t)).collect();
+    let opts = EmbedOptions { batch_size: a.batch_size, ..Default::default() };
+    model.embed_inputs(&inputs[..inputs.len().min(a.batch_size)], opts, &mut |_| {})?;
+    let (mut rates, mut tokens) = (Vec::new(), 0);
+    for run in 0..a.runs {
+        let t0 = Instant::now();
+        let e = model.embed_inputs(&inputs, opts, &mut |_| {})?;
+        let secs = t0.elapsed().as_secs_f64();
+        tokens = e.tokens;
+        rates.push(texts.len() as f64 / secs);
+        if !a.json {
+            eprintln!("run {}/{}: {:.1} sentences/s", run + 1, a.runs, rates[run]);
+        }
+    }
+    let sps = median(rates);
+    let r = EmbedReport {
+        model: model.dir.display().to_string(),
+        threads: candle_core::utils::get_num_threads(),
+        runs: a.runs,
+        sentences: texts.len(),
+        tokens,
+        batch_size: a.batch_size,
+        sentences_per_s: round2(sps),
+        tokens_per_s: round2(sps * tokens as f64 / texts.len() as f64),
+        peak_rss_mb: round2(peak_rss_mb()),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("model        {}", r.model);
+        println!("threads      {}", r.threads);
+        println!("embedding    {:.1} sentences/s, {:.0} tokens/s  ({} sentences, {} tokens, batch {}, median of {})", r.sentences_per_s, r.tokens_per_s, r.sentences, r.tokens, r.batch_size, r.runs);
         println!("peak RSS     {:.1} MB", r.peak_rss_mb);
     }
     Ok(())
