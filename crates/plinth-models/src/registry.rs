@@ -54,6 +54,7 @@ pub const ENCODERS: &[EncoderArchitecture] = &[
     EncoderArchitecture { names: &["bert"], hf: models::bert::load_hf },
     EncoderArchitecture { names: &["roberta", "xlm-roberta", "camembert"], hf: models::bert::load_hf },
     EncoderArchitecture { names: &["distilbert"], hf: models::distilbert::load_hf },
+    EncoderArchitecture { names: &["modernbert"], hf: models::modernbert::load_hf },
     // New encoders: one line above this comment.
 ];
 

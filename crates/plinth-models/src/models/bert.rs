@@ -7,7 +7,8 @@
 //! This file also owns the encoder stack that DistilBERT reuses with its own tensor names
 //! (`distilbert.rs`): embeddings + LayerNorm, post-LN layers (self-attention over the whole
 //! padded batch with an additive mask, then the feed-forward network), an optional pooler,
-//! and the task heads (sequence / token classification, extractive question answering).
+//! and the task heads (sequence / token classification, extractive question answering); and
+//! the config, batch-check and label helpers that `modernbert.rs` shares.
 //!
 //! The batch runs as one `[batch * seq, hidden]` matrix through every projection; attention
 //! is one batched matmul over `[batch * heads, seq, seq]`. q, k and v are fused into one
@@ -339,6 +340,34 @@ impl Embeddings {
     }
 }
 
+/// Checks a batch against the model's limits before anything is computed; returns its
+/// `(batch, seq)` and the ids, flat.
+pub(crate) fn check_batch(batch: &EncoderBatch, d: &EncoderDims) -> Result<(usize, usize, Vec<u32>)> {
+    let (b, t) = batch.ids.dims2()?;
+    if b == 0 || t == 0 {
+        return Err(Error::invalid("encoder batch", "no tokens"));
+    }
+    for (what, x) in [("token type ids", &batch.type_ids), ("attention mask", &batch.mask)] {
+        if x.dims() != [b, t] {
+            return Err(Error::invalid("encoder batch", format!("{what} have shape {:?}, ids {:?}", x.dims(), [b, t])));
+        }
+    }
+    if t > d.max_tokens() {
+        return Err(Error::ContextOverflow { prompt_tokens: t, context: d.max_tokens() });
+    }
+    let ids = batch.ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= d.vocab_size) {
+        return Err(Error::invalid("token id", format!("{bad} is outside the vocabulary of {}", d.vocab_size)));
+    }
+    if d.type_vocab_size > 0 {
+        let types = batch.type_ids.flatten_all()?.to_dtype(DType::U32)?.max(0)?.to_scalar::<u32>()?;
+        if types as usize >= d.type_vocab_size {
+            return Err(Error::invalid("token type id", format!("{types} is outside the model's {} token types", d.type_vocab_size)));
+        }
+    }
+    Ok((b, t, ids))
+}
+
 /// What runs on the encoder's output.
 pub(crate) enum Head {
     None,
@@ -427,36 +456,6 @@ impl BertEncoder {
     pub fn dims(&self) -> &EncoderDims {
         &self.dims
     }
-
-    /// Checks the batch against the model's limits before anything is computed.
-    fn check(&self, batch: &EncoderBatch) -> Result<(usize, usize, Vec<u32>)> {
-        let (b, t) = batch.ids.dims2()?;
-        if b == 0 || t == 0 {
-            return Err(Error::invalid("encoder batch", "no tokens"));
-        }
-        for (what, x) in [("token type ids", &batch.type_ids), ("attention mask", &batch.mask)] {
-            if x.dims() != [b, t] {
-                return Err(Error::invalid("encoder batch", format!("{what} have shape {:?}, ids {:?}", x.dims(), [b, t])));
-            }
-        }
-        if t > self.dims.max_tokens() {
-            return Err(Error::ContextOverflow { prompt_tokens: t, context: self.dims.max_tokens() });
-        }
-        let ids = batch.ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.dims.vocab_size) {
-            return Err(Error::invalid("token id", format!("{bad} is outside the vocabulary of {}", self.dims.vocab_size)));
-        }
-        if self.dims.type_vocab_size > 0 {
-            let types = batch.type_ids.flatten_all()?.to_dtype(DType::U32)?.max(0)?.to_scalar::<u32>()?;
-            if types as usize >= self.dims.type_vocab_size {
-                return Err(Error::invalid(
-                    "token type id",
-                    format!("{types} is outside the model's {} token types", self.dims.type_vocab_size),
-                ));
-            }
-        }
-        Ok((b, t, ids))
-    }
 }
 
 impl Encoder for BertEncoder {
@@ -465,7 +464,7 @@ impl Encoder for BertEncoder {
     }
 
     fn forward(&self, batch: &EncoderBatch) -> Result<EncoderOutput> {
-        let (b, t, ids) = self.check(batch)?;
+        let (b, t, ids) = check_batch(batch, &self.dims)?;
         let h = self.dims.hidden_size;
         let types = batch.type_ids.flatten_all()?.to_dtype(DType::U32)?;
         let mut x = self.embeddings.forward(&ids, &types, b, t, self.dims.positions)?;
@@ -501,10 +500,9 @@ impl Encoder for BertEncoder {
 
 /// The prefix under which a checkpoint stores the encoder body: task checkpoints nest it
 /// under the base model's name (`bert.`, `roberta.`, `distilbert.`), bare ones
-/// (`BertModel`, sentence-transformers) do not. Probed with the word embedding table;
-/// when neither is present the expected one is returned, so that the error names it.
-pub(crate) fn body_prefix(w: &Weights, base: &str, head: EncoderHead) -> String {
-    let probe = "embeddings.word_embeddings.weight";
+/// (`BertModel`, sentence-transformers) do not. Probed with the word embedding table
+/// `probe`; when neither is present the expected one is returned, so that the error names it.
+pub(crate) fn body_prefix(w: &Weights, base: &str, probe: &str, head: EncoderHead) -> String {
     let nested = format!("{base}.");
     if w.contains(&format!("{nested}{probe}")) {
         nested
@@ -544,7 +542,7 @@ pub fn load_hf(json: &serde_json::Value, path: &Path, w: &Weights, model_type: &
     let d = bert_dims(json, path, model_type)?;
     let kind = EncoderHead::from_config(json);
     let roberta = model_type != "bert";
-    let root = body_prefix(w, if roberta { "roberta" } else { "bert" }, kind);
+    let root = body_prefix(w, if roberta { "roberta" } else { "bert" }, "embeddings.word_embeddings.weight", kind);
     let h = d.hidden_size;
     let e = |n: &str| format!("{root}embeddings.{n}");
     let embeddings = Embeddings::load(

@@ -51,7 +51,7 @@ pub fn distilbert_dims(json: &serde_json::Value, path: &Path) -> Result<EncoderD
 pub fn load_hf(json: &serde_json::Value, path: &Path, w: &Weights, model_type: &str) -> Result<Box<dyn Encoder>> {
     let d = distilbert_dims(json, path)?;
     let kind = EncoderHead::from_config(json);
-    let root = body_prefix(w, "distilbert", kind);
+    let root = body_prefix(w, "distilbert", "embeddings.word_embeddings.weight", kind);
     let h = d.hidden_size;
     let e = |n: &str| format!("{root}embeddings.{n}");
     let embeddings = Embeddings::load(w, &e("word_embeddings.weight"), &e("position_embeddings.weight"), None, &e("LayerNorm"), &d)?;

@@ -1,5 +1,5 @@
 //! One file per architecture: the decoders, and the encoders (`bert` with its relatives,
-//! `distilbert`).
+//! `distilbert`, `modernbert`).
 
 pub mod bert;
 pub mod distilbert;
@@ -8,6 +8,7 @@ pub mod gemma3;
 pub mod gpt2;
 pub mod llama;
 pub mod mistral;
+pub mod modernbert;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;

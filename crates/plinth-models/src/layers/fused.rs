@@ -1,0 +1,333 @@
+//! Fused CPU kernels for the encoder hot path, where a BERT-style layer on a batch of short
+//! sentences is dominated not by its matrix products but by the many small operations between
+//! them: bias + activation, bias + residual + LayerNorm, and attention over `batch x heads`
+//! tiny matrices (which candle would run as hundreds of separate small GEMMs plus permute
+//! copies, softmax and mask passes). Each kernel here makes one pass over its data, split
+//! across the rayon pool that the GEMMs use, and runs the transcendental functions through
+//! branch-free approximations that the compiler vectorizes ([`exp`]: ~1 ulp; [`erf`]:
+//! |error| < 1e-6), instead of scalar libm calls.
+//!
+//! Every kernel is checked against the plain candle composition in this module's tests.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use plinth_core::Result;
+use rayon::prelude::*;
+
+use crate::layers::Activation;
+
+/// Rows handed to one rayon task: enough work to amortize the task, small enough to balance.
+const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> candle_core::Result<&'a [f32]> {
+    match s {
+        CpuStorage::F32(v) => match l.contiguous_offsets() {
+            Some((a, b)) => Ok(&v[a..b]),
+            None => Err(candle_core::Error::RequiresContiguous { op }),
+        },
+        other => Err(candle_core::Error::UnsupportedDTypeForOp(candle_core::backend::BackendStorage::dtype(other), op)),
+    }
+}
+
+/// `e^x` for f32: Cody-Waite range reduction and Cephes' degree-6 polynomial; ~1 ulp on
+/// [-87, 88], 0 below, clamped above. Branch-free so loops over it vectorize.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// The error function: Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7 in exact arithmetic,
+/// < 1e-6 in f32; GELU's result moves by less than |x| * 5e-7).
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp(-a * a);
+    y.copysign(x)
+}
+
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    // 1 - 2 / (e^{2x} + 1): exact limits at both ends, no cancellation problem near 0
+    // worth the cost here (the result feeds a GELU, not a long chain).
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
+
+#[inline(always)]
+fn activate(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::GeluErf => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => 0.5 * x * (1.0 + tanh(0.797_884_6 * (x + 0.044_715 * x * x * x))),
+        Activation::Relu => x.max(0.0),
+        Activation::Silu => x / (1.0 + exp(-x)),
+        Activation::QuickGelu => x / (1.0 + exp(-1.702 * x)),
+        Activation::Tanh => tanh(x),
+    }
+}
+
+fn rows_per_task(row_len: usize) -> usize {
+    MIN_ELEMS_PER_TASK.div_ceil(row_len.max(1)).max(1)
+}
+
+/// `act(x + bias)` row by row, `x` of shape `[rows, bias.len()]`.
+struct BiasAct<'a> {
+    bias: &'a [f32],
+    act: Activation,
+}
+
+impl CustomOp1 for BiasAct<'_> {
+    fn name(&self) -> &'static str {
+        "bias-act"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l, self.name())?;
+        let n = self.bias.len();
+        let mut out = vec![0f32; x.len()];
+        let chunk = rows_per_task(n) * n;
+        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| {
+            for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                for ((o, &x), &b) in o.iter_mut().zip(x).zip(self.bias) {
+                    *o = activate(self.act, x + b);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// `act(x + bias)` for `x` of shape `[..., bias.len()]` (contiguous f32).
+pub fn bias_act(x: &Tensor, bias: &[f32], act: Activation) -> Result<Tensor> {
+    Ok(x.apply_op1_no_bwd(&BiasAct { bias, act })?)
+}
+
+/// `LayerNorm(x + bias + residual)` row by row.
+struct ResidualNorm<'a> {
+    bias: &'a [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    eps: f32,
+}
+
+impl CustomOp2 for ResidualNorm<'_> {
+    fn name(&self) -> &'static str {
+        "bias-residual-layernorm"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, self.name())?;
+        let res = contiguous(s2, l2, self.name())?;
+        if x.len() != res.len() {
+            candle_core::bail!("bias-residual-layernorm: {} vs {} elements", x.len(), res.len());
+        }
+        let n = self.gamma.len();
+        let mut out = vec![0f32; x.len()];
+        let chunk = rows_per_task(n) * n;
+        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk).zip(res.par_chunks(chunk))).for_each(|(o, (x, r))| {
+            for (o, (x, r)) in o.chunks_exact_mut(n).zip(x.chunks_exact(n).zip(r.chunks_exact(n))) {
+                for ((o, (&x, &r)), &b) in o.iter_mut().zip(x.iter().zip(r)).zip(self.bias) {
+                    *o = x + r + b;
+                }
+                // Two passes (mean, then centred variance), as PyTorch computes it in f32.
+                let mean = sum8(o) / n as f32;
+                o.iter_mut().for_each(|v| *v -= mean);
+                let var = dot8(o, o) / n as f32;
+                let rstd = 1.0 / (var + self.eps).sqrt();
+                for ((v, &g), &b) in o.iter_mut().zip(self.gamma).zip(self.beta) {
+                    *v = *v * rstd * g + b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `LayerNorm(x + bias + residual)` over the last dimension (`gamma.len()`).
+pub fn bias_residual_layer_norm(x: &Tensor, residual: &Tensor, bias: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> Result<Tensor> {
+    Ok(x.apply_op2_no_bwd(residual, &ResidualNorm { bias, gamma, beta, eps: eps as f32 })?)
+}
+
+/// Sum with eight independent accumulators (vectorizes; the order differs from a serial
+/// sum only by rounding).
+#[inline(always)]
+fn sum8(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = a.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum::<f32>()
+}
+
+/// Multi-head self-attention straight from the fused projection: `qkv` is `[b * t, 3h]`
+/// (q already scaled by 1/sqrt(head_dim)), `mask` `[b * t]` with 1 for real tokens. Returns
+/// the context `[b * t, h]`. Padded keys get no weight; padded query rows are left zero
+/// (nothing downstream reads them: every later step masks or drops padding).
+struct Attention<'a> {
+    mask: &'a [f32],
+    b: usize,
+    t: usize,
+    heads: usize,
+}
+
+impl CustomOp1 for Attention<'_> {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = contiguous(s, l, self.name())?;
+        let (b, t, heads) = (self.b, self.t, self.heads);
+        let h3 = qkv.len() / (b * t).max(1);
+        let h = h3 / 3;
+        if h3 * b * t != qkv.len() || h % heads != 0 || self.mask.len() != b * t {
+            candle_core::bail!("fused-attention: qkv of {} values does not fit b={b}, t={t}, heads={heads}", qkv.len());
+        }
+        let d = h / heads;
+        let mut out = vec![0f32; b * t * h];
+        out.par_chunks_mut(t * h).enumerate().for_each(|(bi, out)| {
+            let rows = &qkv[bi * t * h3..(bi + 1) * t * h3];
+            let mask = &self.mask[bi * t..(bi + 1) * t];
+            let mut p = vec![0f32; t];
+            for head in 0..heads {
+                let (qo, ko, vo) = (head * d, h + head * d, 2 * h + head * d);
+                for i in (0..t).filter(|&i| mask[i] != 0.0) {
+                    let q = &rows[i * h3 + qo..i * h3 + qo + d];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, pj) in p.iter_mut().enumerate() {
+                        *pj = if mask[j] != 0.0 { dot8(q, &rows[j * h3 + ko..j * h3 + ko + d]) } else { f32::NEG_INFINITY };
+                        max = max.max(*pj);
+                    }
+                    let mut sum = 0f32;
+                    for pj in p.iter_mut() {
+                        *pj = exp(*pj - max);
+                        sum += *pj;
+                    }
+                    let inv = 1.0 / sum;
+                    let o = &mut out[i * h + head * d..i * h + head * d + d];
+                    for (j, &pj) in p.iter().enumerate().filter(|(_, &pj)| pj != 0.0) {
+                        let v = &rows[j * h3 + vo..j * h3 + vo + d];
+                        let w = pj * inv;
+                        o.iter_mut().zip(v).for_each(|(o, &v)| *o += w * v);
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b * t, h))))
+    }
+}
+
+/// See [`Attention`]: `qkv` `[b * t, 3h]`, `mask` `[b * t]` (1 = token, 0 = padding).
+pub fn self_attention(qkv: &Tensor, mask: &[f32], b: usize, t: usize, heads: usize) -> Result<Tensor> {
+    Ok(qkv.apply_op1_no_bwd(&Attention { mask, b, t, heads })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        // A small LCG: deterministic, no dependency.
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn exp_and_erf_are_accurate() {
+        let mut worst_exp = 0f32;
+        let mut worst_erf = 0f32;
+        for i in -80_000..80_000 {
+            let x = i as f32 / 1000.0;
+            worst_exp = worst_exp.max(((exp(x) - x.exp()) / x.exp()).abs());
+            let xe = x / 10.0;
+            worst_erf = worst_erf.max((erf(xe) - libm_erf(xe)).abs());
+        }
+        assert!(worst_exp < 3e-7, "exp relative error {worst_exp}");
+        assert!(worst_erf < 1e-6, "erf absolute error {worst_erf}");
+        assert_eq!(exp(-1000.0), 0.0f32.max(exp(-1000.0)));
+        assert!(exp(-100.0) < 1e-37 && exp(100.0).is_finite());
+    }
+
+    /// erf in f64 through candle's exact GELU: gelu_erf(x) = x/2 (1 + erf(x / sqrt 2)).
+    fn libm_erf(x: f32) -> f32 {
+        let t = Tensor::new(&[(x as f64) * std::f64::consts::SQRT_2], &Device::Cpu).unwrap();
+        let g = t.gelu_erf().unwrap().to_vec1::<f64>().unwrap()[0];
+        if x == 0.0 { 0.0 } else { (2.0 * g / (x as f64 * std::f64::consts::SQRT_2) - 1.0) as f32 }
+    }
+
+    #[test]
+    fn bias_act_matches_candle() {
+        let x = rand(&[37, 24], 1);
+        let bias = rand(&[24], 2);
+        let bv = bias.to_vec1::<f32>().unwrap();
+        for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu, Activation::Silu, Activation::QuickGelu, Activation::Tanh] {
+            let want = act.apply(&x.broadcast_add(&bias).unwrap()).unwrap();
+            let got = bias_act(&x, &bv, act).unwrap();
+            assert!(max_diff(&got, &want) < 2e-6, "{act:?}: {}", max_diff(&got, &want));
+        }
+    }
+
+    #[test]
+    fn residual_layer_norm_matches_candle() {
+        let (x, r) = (rand(&[19, 40], 3), rand(&[19, 40], 4));
+        let (bias, g, beta) = (rand(&[40], 5), rand(&[40], 6), rand(&[40], 7));
+        let want = candle_nn::ops::layer_norm(&(x.broadcast_add(&bias).unwrap() + &r).unwrap(), &g, &beta, 1e-12).unwrap();
+        let v = |t: &Tensor| t.to_vec1::<f32>().unwrap();
+        let got = bias_residual_layer_norm(&x, &r, &v(&bias), &v(&g), &v(&beta), 1e-12).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+    }
+
+    #[test]
+    fn attention_matches_candle_with_padding() {
+        let (b, t, heads, d) = (3, 7, 4, 12);
+        let h = heads * d;
+        let qkv = rand(&[b * t, 3 * h], 8);
+        let lens = [7usize, 3, 5];
+        let mask: Vec<f32> = lens.iter().flat_map(|&n| (0..t).map(move |i| if i < n { 1.0 } else { 0.0 })).collect();
+        let got = self_attention(&qkv, &mask, b, t, heads).unwrap();
+        let parts = qkv.reshape((b, t, 3, heads, d)).unwrap().permute((2, 0, 3, 1, 4)).unwrap().contiguous().unwrap();
+        let (q, k, v) = (parts.get(0).unwrap(), parts.get(1).unwrap(), parts.get(2).unwrap());
+        let add = Tensor::from_vec(mask.iter().map(|&m| if m == 0.0 { f32::MIN } else { 0.0 }).collect::<Vec<_>>(), (b, 1, 1, t), &Device::Cpu).unwrap();
+        let scores = q.matmul(&k.t().unwrap()).unwrap().broadcast_add(&add).unwrap();
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        let want = probs.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b * t, h)).unwrap();
+        for (bi, &n) in lens.iter().enumerate() {
+            let g = got.narrow(0, bi * t, n).unwrap();
+            let w = want.narrow(0, bi * t, n).unwrap();
+            assert!(max_diff(&g, &w) < 1e-5, "row {bi}: {}", max_diff(&g, &w));
+        }
+    }
+}
