@@ -36,6 +36,10 @@ impl LayerNorm {
     pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
         LayerNorm { weight, bias, eps: eps as f32 }
     }
+    /// The scale and shift vectors.
+    pub fn weights(&self) -> (&Tensor, &Tensor) {
+        (&self.weight, &self.bias)
+    }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)?)
     }

@@ -22,7 +22,7 @@ use plinth_core::{Error, Result};
 
 use crate::config::{check_dims, Dims};
 use crate::encoder::config_labels;
-use crate::layers::{Activation, LayerNorm, Linear, QLinear};
+use crate::layers::{fused, Activation, LayerNorm, Linear, QLinear};
 use crate::weights::Weights;
 use crate::{Encoder, EncoderBatch, EncoderHead, EncoderInfo, EncoderOutput};
 
@@ -229,14 +229,60 @@ fn fused_qkv(w: &Weights, names: [String; 3], h: usize, q_scale: f64) -> Result<
     Ok(QLinear::from_tensor(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?)))
 }
 
+/// A linear layer whose bias is applied by the fused kernel that follows it.
+pub(crate) struct Dense {
+    w: QLinear,
+    bias: Vec<f32>,
+}
+
+impl Dense {
+    fn load(w: &Weights, prefix: &str, out_dim: usize, in_dim: usize) -> Result<Self> {
+        let bias_name = format!("{prefix}.bias");
+        let bias = if w.contains(&bias_name) { w.tensor(&bias_name, &[out_dim])?.to_vec1::<f32>()? } else { vec![0.0; out_dim] };
+        Ok(Dense { w: QLinear::from_tensor(w.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?, None), bias })
+    }
+
+    fn params(&self) -> usize {
+        self.w.params() + self.bias.len()
+    }
+}
+
+/// LayerNorm weights as plain vectors for the fused kernels.
+pub(crate) struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f64,
+}
+
+impl Norm {
+    fn load(w: &Weights, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        let ln = layer_norm(w, prefix, dim, eps)?;
+        let (g, b) = ln.weights();
+        Ok(Norm { gamma: g.to_vec1::<f32>()?, beta: b.to_vec1::<f32>()?, eps })
+    }
+
+    fn params(&self) -> usize {
+        self.gamma.len() + self.beta.len()
+    }
+
+    /// `LayerNorm(y + bias + residual)`.
+    fn residual(&self, y: &Tensor, bias: &[f32], residual: &Tensor) -> Result<Tensor> {
+        fused::bias_residual_layer_norm(y, residual, bias, &self.gamma, &self.beta, self.eps)
+    }
+}
+
 /// One post-LN encoder layer: `x = norm(x + attn(x)); x = norm(x + down(act(up(x))))`.
+///
+/// Runs on the fused kernels of [`fused`]: candle does the four matrix products, everything
+/// between them is one pass each (attention straight from the fused q/k/v output, bias +
+/// activation, bias + residual + LayerNorm).
 pub(crate) struct Layer {
     qkv: QLinear,
-    attn_out: QLinear,
-    attn_norm: LayerNorm,
-    up: QLinear,
-    down: QLinear,
-    out_norm: LayerNorm,
+    attn_out: Dense,
+    attn_norm: Norm,
+    up: Dense,
+    down: Dense,
+    out_norm: Norm,
 }
 
 impl Layer {
@@ -246,39 +292,26 @@ impl Layer {
         let scale = 1.0 / (d.head_dim() as f64).sqrt();
         Ok(Layer {
             qkv: fused_qkv(w, [p(names.q), p(names.k), p(names.v)], h, scale)?,
-            attn_out: w.linear(&p(names.attn_out), h, h)?,
-            attn_norm: layer_norm(w, &p(names.attn_norm), h, eps)?,
-            up: w.linear(&p(names.up), d.intermediate_size, h)?,
-            down: w.linear(&p(names.down), h, d.intermediate_size)?,
-            out_norm: layer_norm(w, &p(names.out_norm), h, eps)?,
+            attn_out: Dense::load(w, &p(names.attn_out), h, h)?,
+            attn_norm: Norm::load(w, &p(names.attn_norm), h, eps)?,
+            up: Dense::load(w, &p(names.up), d.intermediate_size, h)?,
+            down: Dense::load(w, &p(names.down), h, d.intermediate_size)?,
+            out_norm: Norm::load(w, &p(names.out_norm), h, eps)?,
         })
     }
 
     fn params(&self) -> usize {
-        [&self.qkv, &self.attn_out, &self.up, &self.down].iter().map(|l| l.params()).sum::<usize>()
+        self.qkv.params() + [&self.attn_out, &self.up, &self.down].iter().map(|l| l.params()).sum::<usize>()
             + self.attn_norm.params()
             + self.out_norm.params()
     }
 
-    /// `x` is `[b * t, h]`; `mask` the additive `[b, 1, 1, t]` mask, `None` without padding.
-    fn forward(&self, x: &Tensor, b: usize, t: usize, heads: usize, act: Activation, mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = x.dim(1)?;
-        let d = h / heads;
-        // [b*t, 3h] -> [3, b, heads, t, d]: one copy gives q, k and v in head-major order.
-        let qkv = self.qkv.forward(x)?.reshape((b, t, 3, heads, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
-        let q = qkv.get(0)?.reshape((b * heads, t, d))?;
-        let k = qkv.get(1)?.reshape((b * heads, t, d))?;
-        let v = qkv.get(2)?.reshape((b * heads, t, d))?;
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.reshape((b, heads, t, t))?.broadcast_add(m)?.reshape((b * heads, t, t))?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.reshape((b, heads, t, d))?.transpose(1, 2)?.reshape((b * t, h))?;
-        let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
-        let ff = self.down.forward(&act.apply(&self.up.forward(&x)?)?)?;
-        self.out_norm.forward(&(ff + x)?)
+    /// `x` is `[b * t, h]`; `mask` is `[b * t]`, 1 for tokens and 0 for padding.
+    fn forward(&self, x: &Tensor, b: usize, t: usize, heads: usize, act: Activation, mask: &[f32]) -> Result<Tensor> {
+        let ctx = fused::self_attention(&self.qkv.forward(x)?, mask, b, t, heads)?;
+        let x = self.attn_norm.residual(&self.attn_out.w.forward(&ctx)?, &self.attn_out.bias, x)?;
+        let inner = fused::bias_act(&self.up.w.forward(&x)?, &self.up.bias, act)?;
+        self.out_norm.residual(&self.down.w.forward(&inner)?, &self.down.bias, &x)
     }
 }
 
@@ -468,9 +501,9 @@ impl Encoder for BertEncoder {
         let h = self.dims.hidden_size;
         let types = batch.type_ids.flatten_all()?.to_dtype(DType::U32)?;
         let mut x = self.embeddings.forward(&ids, &types, b, t, self.dims.positions)?;
-        let mask = if batch.has_padding()? { Some(batch.additive_mask(DType::F32)?) } else { None };
+        let mask = batch.mask.flatten_all()?.to_vec1::<f32>()?;
         for layer in &self.layers {
-            x = layer.forward(&x, b, t, self.dims.num_heads, self.dims.activation, mask.as_ref())?;
+            x = layer.forward(&x, b, t, self.dims.num_heads, self.dims.activation, &mask)?;
         }
         let hidden = x.reshape((b, t, h))?;
         let first = hidden.narrow(1, 0, 1)?.reshape((b, h))?;
