@@ -164,6 +164,8 @@ fn wanted(file: &str) -> bool {
             | "chat_template.jinja"
             | "model.safetensors.index.json"
             | "modules.json"
+            | "sentence_bert_config.json"
+            | "config_sentence_transformers.json"
     ) || (file.ends_with(".safetensors") && !file.contains('/'))
         || file.starts_with("1_Pooling/")
 }

@@ -137,15 +137,18 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
     }
     let q = model.embed(&[a.query.as_str()], EmbedOptions { normalize: Some(true), ..Default::default() })?;
     let hits = index.search(&q.vectors[0], a.top_k);
+    // writeln! rather than println!: a closed pipe is an error, not a panic.
+    let mut out = std::io::stdout().lock();
     if a.json {
-        println!(
+        writeln!(
+            out,
             "{}",
             json!({"query": a.query, "corpus": a.corpus, "documents": index.docs.len(), "cached": index.cached, "results": hits})
-        );
+        )?;
         return Ok(());
     }
     for h in &hits {
-        println!("{:.4}  {}:{}  {}", h.score, a.corpus, h.line, h.text);
+        writeln!(out, "{:.4}  {}:{}  {}", h.score, a.corpus, h.line, h.text)?;
     }
     Ok(())
 }

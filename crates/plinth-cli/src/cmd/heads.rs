@@ -1,6 +1,11 @@
 //! `plinth classify`, `ner`, `answer` and `rerank`: the task heads of encoder checkpoints
 //! (`*ForSequenceClassification`, `*ForTokenClassification`, `*ForQuestionAnswering`, and
 //! cross-encoders), with post-processing as in the transformers pipelines.
+//!
+//! Output goes through a locked stdout with `writeln!`, not `println!`, so that a closed pipe
+//! (`plinth classify -f big.txt | head`) ends the run with an error line instead of a panic.
+
+use std::io::Write;
 
 use anyhow::{Context, Result};
 use plinth_tasks::{Aggregation, ClassifyOptions, NerOptions, QaOptions, RerankOptions};
@@ -16,12 +21,13 @@ pub fn run_classify(a: ClassifyArgs) -> Result<()> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let top_k = (a.top_k > 0).then_some(a.top_k);
     let results = model.classify(&refs, ClassifyOptions { top_k, overflow: a.truncate.overflow(), ..Default::default() })?;
+    let mut out = std::io::stdout().lock();
     for (t, labels) in texts.iter().zip(&results) {
         if a.json {
-            println!("{}", json!({"text": t, "labels": labels}));
+            writeln!(out, "{}", json!({"text": t, "labels": labels}))?;
         } else {
             let shown: Vec<String> = labels.iter().map(|l| format!("{} {:.4}", l.label, l.score)).collect();
-            println!("{}\t{t}", shown.join(", "));
+            writeln!(out, "{}\t{t}", shown.join(", "))?;
         }
     }
     Ok(())
@@ -33,17 +39,18 @@ pub fn run_ner(a: NerArgs) -> Result<()> {
     let model = load::load_encoder(&a.model.model)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let results = model.ner(&refs, &NerOptions { aggregation, ..Default::default() })?;
+    let mut out = std::io::stdout().lock();
     for (t, entities) in texts.iter().zip(&results) {
         if a.json {
-            println!("{}", json!({"text": t, "entities": entities}));
+            writeln!(out, "{}", json!({"text": t, "entities": entities}))?;
             continue;
         }
-        println!("{t}");
+        writeln!(out, "{t}")?;
         if entities.is_empty() {
-            println!("  (no entities)");
+            writeln!(out, "  (no entities)")?;
         }
         for e in entities {
-            println!("  {:<8} {:.4}  {}..{}  {}", e.entity, e.score, e.start, e.end, e.word);
+            writeln!(out, "  {:<8} {:.4}  {}..{}  {}", e.entity, e.score, e.start, e.end, e.word)?;
         }
     }
     Ok(())
@@ -64,12 +71,13 @@ pub fn run_answer(a: AnswerArgs) -> Result<()> {
         ..Default::default()
     };
     let answers = model.answer(&a.question, &context, &opts)?;
+    let mut out = std::io::stdout().lock();
     if a.json {
-        println!("{}", json!({"question": a.question, "answers": answers}));
+        writeln!(out, "{}", json!({"question": a.question, "answers": answers}))?;
         return Ok(());
     }
     for ans in &answers {
-        println!("{:.4}  [{}..{}]  {}", ans.score, ans.start, ans.end, ans.answer);
+        writeln!(out, "{:.4}  [{}..{}]  {}", ans.score, ans.start, ans.end, ans.answer)?;
     }
     Ok(())
 }
@@ -80,13 +88,14 @@ pub fn run_rerank(a: RerankArgs) -> Result<()> {
     let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
     let top_n = (a.top_n > 0).then_some(a.top_n);
     let ranked = model.rerank(&a.query, &refs, RerankOptions { top_n, ..Default::default() })?;
+    let mut out = std::io::stdout().lock();
     if a.json {
         let results: Vec<_> = ranked.iter().map(|r| json!({"index": r.index, "score": r.score, "text": docs[r.index]})).collect();
-        println!("{}", json!({"query": a.query, "results": results}));
+        writeln!(out, "{}", json!({"query": a.query, "results": results}))?;
         return Ok(());
     }
     for r in &ranked {
-        println!("{:.4}  #{}  {}", r.score, r.index, docs[r.index]);
+        writeln!(out, "{:.4}  #{}  {}", r.score, r.index, docs[r.index])?;
     }
     Ok(())
 }

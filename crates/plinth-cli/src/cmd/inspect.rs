@@ -144,7 +144,7 @@ fn dir_report(dir: &std::path::Path, quantize: Option<&str>) -> Result<Report> {
     Ok(Report {
         path: dir.display().to_string(),
         format: "safetensors",
-        supported: plinth_models::is_supported(&arch),
+        supported: plinth_models::is_supported(&arch) || plinth_models::is_encoder_type(&arch),
         parameters: infos.iter().map(|i| i.2.iter().product::<usize>()).sum(),
         file_bytes: infos.iter().map(|i| i.3).sum(),
         context_length: u("max_position_embeddings"),
