@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from test_openai_client import REPO, REQUEST_TIMEOUT_S, Server, assert_error
+from test_openai_client import REPO, assert_error, client_of, serving
 
 EMBEDDER = "all-minilm-l6-v2"
 RERANKER = os.path.join(REPO, "fixtures", "encoders", "tiny-bert-rerank")
@@ -45,20 +45,12 @@ def cosine(a, b):
 
 @pytest.fixture(scope="module")
 def server():
-    s = Server(["--model", EMBEDDER, "--model", RERANKER, "--alias", "smollm2", "--alias", "minilm", "--alias", "reranker"])
-    try:
-        yield s
-    except BaseException:
-        s.kill()
-        raise
-    s.stop()
+    yield from serving(["--model", EMBEDDER, "--model", RERANKER, "--alias", "smollm2", "--alias", "minilm", "--alias", "reranker"])
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    c = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S)
-    yield c
-    c.close()
+    yield from client_of(server)
 
 
 def test_models_are_listed_side_by_side(server):

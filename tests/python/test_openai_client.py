@@ -118,9 +118,9 @@ class Server:
         os.unlink(self.log.name)
 
 
-@pytest.fixture(scope="session")
-def server():
-    s = Server()
+def serving(extra_args=()):
+    """A fixture body: a server for the fixture's scope, stopped cleanly (or killed on failure)."""
+    s = Server(extra_args)
     try:
         yield s
     except BaseException:
@@ -129,22 +129,26 @@ def server():
     s.stop()
 
 
-@pytest.fixture(scope="session")
-def client(server):
+def client_of(server):
+    """A fixture body: an `openai.OpenAI` client of `server`."""
     c = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S)
     yield c
     c.close()
 
 
 @pytest.fixture(scope="session")
+def server():
+    yield from serving()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    yield from client_of(server)
+
+
+@pytest.fixture(scope="session")
 def auth_server():
-    s = Server(["--api-key", "secret"])
-    try:
-        yield s
-    except BaseException:
-        s.kill()
-        raise
-    s.stop()
+    yield from serving(["--api-key", "secret"])
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,11 @@ use std::path::PathBuf;
 /// Every failure a plinth library can report.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An operating-system level I/O failure on a named file.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// An operating-system level I/O failure on a named file. The OS error is part of the
+    /// message and deliberately not a `source`: a caller printing the chain (`{:#}`) would
+    /// otherwise say it twice.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
 
     /// A model or data file whose content is not what its format requires.
     #[error("{}: {what}", path.display())]
@@ -77,7 +75,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), err: source }
     }
     pub fn format(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
         Error::Format { path: path.into(), what: what.into() }
