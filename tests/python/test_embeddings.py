@@ -160,3 +160,10 @@ def test_rerank_in_both_shapes(server):
     assert_error(httpx.post(f"{server.url}/v1/rerank", json={"model": "minilm", "query": "q", "documents": ["a"]}, timeout=30), 400)
     assert_error(httpx.post(f"{server.url}/v1/rerank", json={"model": "reranker", "query": "q", "documents": []}, timeout=30), 400)
     assert_error(httpx.post(f"{server.url}/v1/rerank", json={"model": "reranker", "documents": ["a"]}, timeout=30), 400)
+
+
+def test_metrics_count_embeddings(server, client):
+    client.embeddings.create(model="minilm", input=["one", "two", "three"], encoding_format="float")
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    inputs = [float(line.split()[-1]) for line in text.splitlines() if line.startswith('plinth_embedding_inputs_total{model="minilm"}')]
+    assert inputs and inputs[0] >= 3, text

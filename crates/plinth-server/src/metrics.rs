@@ -123,7 +123,13 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// The whole `/metrics` page.
-pub fn render(requests: &RequestCounter, models: &[ModelView<'_>]) -> String {
+/// What `/metrics` shows of one served encoder.
+pub struct EncoderView<'a> {
+    pub name: &'a str,
+    pub stats: &'a plinth_tasks::service::ServiceStats,
+}
+
+pub fn render(requests: &RequestCounter, models: &[ModelView<'_>], encoders: &[EncoderView<'_>]) -> String {
     let mut out = String::new();
     header(&mut out, "plinth_requests_total", "counter", "HTTP requests answered, by route and status code.");
     {
@@ -159,6 +165,21 @@ pub fn render(requests: &RequestCounter, models: &[ModelView<'_>]) -> String {
     for m in models {
         m.metrics.itl.render(&mut out, "plinth_inter_token_latency_seconds", &format!("model=\"{}\"", label(m.name)));
     }
+    type ReadEnc = fn(&plinth_tasks::service::ServiceStats) -> u64;
+    let series: [(&str, &str, &str, ReadEnc); 4] = [
+        ("plinth_embedding_requests_total", "counter", "Embedding requests computed.", |s| s.requests.load(Ordering::Relaxed) as u64),
+        ("plinth_embedding_inputs_total", "counter", "Texts (or token arrays) embedded.", |s| s.inputs.load(Ordering::Relaxed) as u64),
+        ("plinth_embedding_steps_total", "counter", "Batching steps; inputs / steps is the mean batch.", |s| s.steps.load(Ordering::Relaxed) as u64),
+        ("plinth_embedding_queue_length", "gauge", "Embedding requests waiting.", |s| s.queued.load(Ordering::Relaxed) as u64),
+    ];
+    if !encoders.is_empty() {
+        for (name, kind, help, read) in series {
+            header(&mut out, name, kind, help);
+            for e in encoders {
+                let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", label(e.name), read(e.stats));
+            }
+        }
+    }
     out
 }
 
@@ -189,7 +210,7 @@ mod tests {
         let stats = EngineStats::default();
         stats.generated_tokens.store(7, Ordering::Relaxed);
         let metrics = ModelMetrics::default();
-        let page = render(&counter, &[ModelView { name: "we\"ird", stats: &stats, metrics: &metrics }]);
+        let page = render(&counter, &[ModelView { name: "we\"ird", stats: &stats, metrics: &metrics }], &[]);
         assert!(page.contains("plinth_requests_total{route=\"/v1/models\",status=\"200\"} 2\n"), "{page}");
         assert!(page.contains("plinth_generated_tokens_total{model=\"we\\\"ird\"} 7\n"), "{page}");
         for family in ["plinth_queue_length", "plinth_running_sequences", "plinth_kv_cache_blocks", "plinth_time_to_first_token_seconds"] {

@@ -79,7 +79,8 @@ async fn model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result
 async fn metrics_page(State(s): State<Arc<AppState>>) -> Response {
     let views: Vec<ModelView<'_>> =
         s.models.iter().map(|m| ModelView { name: &m.name, stats: m.engine.stats(), metrics: &m.metrics }).collect();
-    let page = metrics::render(&s.requests, &views);
+    let encoders: Vec<metrics::EncoderView<'_>> = s.encoders.iter().map(|e| metrics::EncoderView { name: &e.name, stats: &e.service.stats }).collect();
+    let page = metrics::render(&s.requests, &views, &encoders);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], page).into_response()
 }
 
