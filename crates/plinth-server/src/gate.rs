@@ -81,6 +81,12 @@ fn preflight(cors: &Cors, request: &HeaderMap) -> Response {
     res
 }
 
+/// The API: `/v1/*` and text-embeddings-inference's `/rerank`. `/health`, `/metrics` and
+/// unknown paths (404) stay open.
+fn needs_key(path: &str) -> bool {
+    path.starts_with("/v1") || path == "/rerank"
+}
+
 /// The middleware; see the module docs.
 pub async fn gate(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     // Unmatched paths share one label, so that scanners cannot grow the metric without bound.
@@ -90,7 +96,7 @@ pub async fn gate(State(s): State<Arc<AppState>>, req: Request, next: Next) -> R
     let mut res = match (&s.cors, &s.api_key) {
         // Browsers send preflights without credentials, so they are answered before the key check.
         (Some(cors), _) if is_preflight => preflight(cors, &headers),
-        (_, Some(key)) if !matches!(req.uri().path(), "/health" | "/metrics") && !authorized(&headers, key) => ApiError::Unauthorized.into_response(),
+        (_, Some(key)) if needs_key(req.uri().path()) && !authorized(&headers, key) => ApiError::Unauthorized.into_response(),
         _ => next.run(req).await,
     };
     if let Some(cors) = &s.cors {
