@@ -53,7 +53,14 @@ impl KvCache {
 
     /// Appends one layer's new keys/values and returns the whole cached keys/values.
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok(self.layers[layer].append(k, v)?)
+        let cached = self.layers[layer].append(k, v)?;
+        // The cache copies into its own buffer, which cuts the autodiff graph. A training
+        // forward pass runs from an empty cache, where the cached keys and values are exactly
+        // the new ones: hand those back so that gradients reach the k/v projections.
+        if self.len == 0 && (k.track_op() || v.track_op()) {
+            return Ok((k.clone(), v.clone()));
+        }
+        Ok(cached)
     }
 
     /// Marks `n` new positions as cached; called once per forward pass after all layers.

@@ -51,6 +51,13 @@ pub trait Decoder: Send + Sync {
     /// else `[1, vocab]` for the last position only (the generation hot path).
     fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor>;
 
+    /// The linear layers adapters can attach to, by Hugging Face module name
+    /// (`model.layers.0.self_attn.q_proj`, ...), in layer order. Empty where an architecture
+    /// does not expose them yet.
+    fn linear_layers(&self) -> Vec<(String, &layers::QLinear)> {
+        Vec::new()
+    }
+
     /// One decode step for several sequences: `ids[i]` is the next token of the sequence
     /// whose cache is `caches[i]`. Returns f32 logits `[ids.len(), vocab]`. Architectures that
     /// batch the weight matmuls across sequences override this (the weights are then read once

@@ -54,7 +54,10 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
         Some(m) => att.reshape((b, kv_heads, group, seq, total))?.broadcast_add(m)?.reshape((b, kv_heads, group * seq, total))?,
         None => att,
     };
-    let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(DType::F32)?)?;
+    let att = att.to_dtype(DType::F32)?;
+    // softmax_last_dim is a fused kernel without a backward pass; the composed form carries
+    // gradients under autodiff (LoRA training).
+    let att = if att.track_op() { candle_nn::ops::softmax(&att, candle_core::D::Minus1)? } else { candle_nn::ops::softmax_last_dim(&att)? };
     let out = att.matmul(&v)?;
     Ok(out.reshape((b, heads, seq, d))?)
 }

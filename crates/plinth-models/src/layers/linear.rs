@@ -5,7 +5,7 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Module, Tensor, D};
 use plinth_core::Result;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// `y = x W^T (+ b)` for `x` of shape `[..., in]`.
 pub trait Linear: Send + Sync {
@@ -23,22 +23,78 @@ pub trait Linear: Send + Sync {
 /// quantized path.
 pub const DEQUANT_MIN_ROWS: usize = 32;
 
-/// A linear layer over a quantized or plain weight (candle's `QMatMul` covers both).
+/// A low-rank adapter on a linear layer: `y += scale * (x A^T) B^T`, with `a` `[r, in]` and
+/// `b` `[out, r]` (PEFT's `lora_A` / `lora_B`). During training `a` and `b` are candle `Var`s
+/// (their tensors share storage with the optimizer's), so the same forward pass carries
+/// gradients to them.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+/// A linear layer over a quantized or plain weight (candle's `QMatMul` covers both), with an
+/// optional LoRA adapter attached at run time.
 pub struct QLinear {
     w: QMatMul,
     bias: Option<Tensor>,
     params: usize,
+    lora: RwLock<Option<Lora>>,
 }
 
 impl QLinear {
     pub fn from_qtensor(w: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
         let params = w.shape().elem_count() + bias.as_ref().map_or(0, |b| b.elem_count());
-        Ok(QLinear { w: QMatMul::from_arc(w)?, bias, params })
+        Ok(QLinear { w: QMatMul::from_arc(w)?, bias, params, lora: RwLock::new(None) })
     }
 
     pub fn from_tensor(w: Tensor, bias: Option<Tensor>) -> Self {
         let params = w.elem_count() + bias.as_ref().map_or(0, |b| b.elem_count());
-        QLinear { w: QMatMul::Tensor(w), bias, params }
+        QLinear { w: QMatMul::Tensor(w), bias, params, lora: RwLock::new(None) }
+    }
+}
+
+impl QLinear {
+    /// `[out, in]`.
+    pub fn dims(&self) -> (usize, usize) {
+        match &self.w {
+            QMatMul::QTensor(q) => {
+                let d = q.shape().dims();
+                (d[0], d[1])
+            }
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => (t.dims()[0], t.dims()[1]),
+        }
+    }
+
+    /// Attaches (or with `None` removes) a LoRA adapter; shapes are checked against the layer.
+    pub fn set_lora(&self, lora: Option<Lora>) -> Result<()> {
+        if let Some(l) = &lora {
+            let (out, inp) = self.dims();
+            let (r, a_in) = l.a.dims2()?;
+            let (b_out, b_r) = l.b.dims2()?;
+            if a_in != inp || b_out != out || b_r != r {
+                return Err(plinth_core::Error::Shape { name: "lora".into(), expected: vec![r, inp, out, r], found: vec![r, a_in, b_out, b_r] });
+            }
+        }
+        *self.lora.write().unwrap_or_else(|p| p.into_inner()) = lora;
+        Ok(())
+    }
+
+    pub fn lora(&self) -> Option<Lora> {
+        self.lora.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The weight as f32 `[out, in]` (dequantized if needed), for merging adapters.
+    pub fn weight_f32(&self) -> Result<Tensor> {
+        Ok(match &self.w {
+            QMatMul::QTensor(q) => q.dequantize(&candle_core::Device::Cpu)?,
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(candle_core::DType::F32)?,
+        })
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 }
 
@@ -46,13 +102,20 @@ impl Linear for QLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
         let y = match &self.w {
-            QMatMul::QTensor(q) if rows >= DEQUANT_MIN_ROWS => {
+            // Under autodiff the quantized kernel (no backward pass) would silently cut the
+            // graph; the dequantized weight is an ordinary matmul that carries gradients to x.
+            QMatMul::QTensor(q) if rows >= DEQUANT_MIN_ROWS || x.track_op() => {
                 QMatMul::Tensor(q.dequantize(&x.device().clone())?).forward(x)?
             }
             w => w.forward(x)?,
         };
-        Ok(match &self.bias {
+        let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let lora = self.lora.read().unwrap_or_else(|p| p.into_inner());
+        Ok(match lora.as_ref() {
+            Some(l) => (y + (x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)? * l.scale)?)?,
             None => y,
         })
     }

@@ -18,6 +18,10 @@ impl RmsNorm {
         Ok(RmsNorm { weight: (weight + 1.0)?, eps: eps as f32 })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op() {
+            // Under autodiff: the composed form (the fused kernel has no backward pass).
+            return Ok(candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)?);
+        }
         Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
     }
     pub fn params(&self) -> usize {
@@ -41,6 +45,9 @@ impl LayerNorm {
         (&self.weight, &self.bias)
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op() {
+            return Ok(candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)?);
+        }
         Ok(candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)?)
     }
     pub fn params(&self) -> usize {

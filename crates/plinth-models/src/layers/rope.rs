@@ -97,9 +97,13 @@ impl RotaryEmbedding {
         let x = x.contiguous()?;
         let dtype = x.dtype();
         let x = if dtype == DType::F32 { x } else { x.to_dtype(DType::F32)? };
-        let y = match self.style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
-            RopeStyle::Half => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+        // The fused kernels have no backward pass; under autodiff (LoRA training) the
+        // composed forms give the same values and carry gradients.
+        let y = match (self.style, x.track_op()) {
+            (RopeStyle::Interleaved, false) => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+            (RopeStyle::Half, false) => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+            (RopeStyle::Interleaved, true) => candle_nn::rotary_emb::rope_i_slow(&x, &cos, &sin)?,
+            (RopeStyle::Half, true) => candle_nn::rotary_emb::rope_slow(&x, &cos, &sin)?,
         };
         Ok(y.to_dtype(dtype)?)
     }

@@ -388,6 +388,20 @@ impl Decoder for Llama {
         &self.info
     }
 
+    fn linear_layers(&self) -> Vec<(String, &QLinear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7);
+        for (i, l) in self.layers.iter().enumerate() {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            for (n, lin) in [("self_attn.q_proj", &a.q_proj), ("self_attn.k_proj", &a.k_proj), ("self_attn.v_proj", &a.v_proj), ("self_attn.o_proj", &a.o_proj)] {
+                out.push((format!("model.layers.{i}.{n}"), lin));
+            }
+            for (n, lin) in [("mlp.gate_proj", &m.gate_proj), ("mlp.up_proj", &m.up_proj), ("mlp.down_proj", &m.down_proj)] {
+                out.push((format!("model.layers.{i}.{n}"), lin));
+            }
+        }
+        out
+    }
+
     fn new_cache(&self) -> KvCache {
         KvCache::new(self.cfg.num_layers)
     }
