@@ -40,7 +40,7 @@ impl LoraConfig {
         if self.r == 0 {
             return Err(Error::invalid("--rank", "must be at least 1"));
         }
-        if !(self.alpha > 0.0) {
+        if self.alpha.is_nan() || self.alpha <= 0.0 {
             return Err(Error::invalid("--alpha", format!("must be positive, got {}", self.alpha)));
         }
         if !(0.0..1.0).contains(&self.dropout) {
