@@ -13,11 +13,14 @@ pub const GROW_BY: usize = 256;
 pub struct KvCache {
     layers: Vec<candle_nn::kv_cache::KvCache>,
     len: usize,
+    /// The adapter slot this sequence runs with (`None`: the base model). Models pass it to
+    /// their linear layers, so one batch can mix sequences of different adapters.
+    pub adapter: Option<usize>,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: (0..num_layers).map(|_| candle_nn::kv_cache::KvCache::new(2, GROW_BY)).collect(), len: 0 }
+        KvCache { layers: (0..num_layers).map(|_| candle_nn::kv_cache::KvCache::new(2, GROW_BY)).collect(), len: 0, adapter: None }
     }
 
     /// Number of positions cached (the next token's position).

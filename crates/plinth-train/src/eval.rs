@@ -225,7 +225,7 @@ pub enum Example {
 
 /// How [`evaluate_examples`] runs.
 pub struct EvalOptions<'a> {
-    /// Generation limit per example; `None` for the example's scored reference tokens + 16.
+    /// Generation limit per example; `None` for the example's reference tokens + 16.
     pub max_tokens: Option<usize>,
     /// Stop strings ending generation besides EOS (none by default).
     pub stop: Vec<String>,
@@ -264,10 +264,16 @@ pub struct ExampleResult {
     pub exact_match: bool,
     /// Equal after [`normalize_answer`].
     pub normalized_match: bool,
-    /// Tokens scored for the NLL (see [`evaluate_examples`]).
+    /// Tokens of the reference answer.
     pub reference_tokens: usize,
-    /// Mean NLL (nats per token) of the reference given the prompt, teacher-forced.
+    /// Mean NLL (nats per token) of the reference answer's tokens given the prompt,
+    /// teacher-forced.
     pub nll_mean: f64,
+    /// Tokens scored when the end marker is included (the answer, then the template's
+    /// end-of-turn text for a chat or EOS for a pair): what training learns for this record.
+    pub tokens_with_end: usize,
+    /// Mean NLL over those tokens: the training loss on this example.
+    pub nll_mean_with_end: f64,
 }
 
 /// The result of [`evaluate_examples`].
@@ -282,10 +288,14 @@ pub struct AccuracyReport {
     pub accuracy: f64,
     /// `normalized_match / examples`.
     pub normalized_accuracy: f64,
-    /// Mean NLL per reference token over all examples (token-weighted, nats).
+    /// Mean NLL per reference-answer token over all examples (token-weighted, nats).
     pub mean_nll_of_reference: f64,
-    /// Reference tokens scored in total.
+    /// Reference-answer tokens scored in total.
     pub reference_tokens: usize,
+    /// Mean NLL per token including each answer's end marker (token-weighted): the training
+    /// loss over these examples (see [`ExampleResult::nll_mean_with_end`]).
+    pub mean_nll_with_end: f64,
+    pub tokens_with_end: usize,
     pub per_example: Vec<ExampleResult>,
 }
 
@@ -296,15 +306,17 @@ pub fn normalize_answer(s: &str) -> String {
     kept.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// An example tokenized: the prompt, the reference text and the tokens scored for its NLL.
+/// An example tokenized: the prompt, the reference text and the tokens scored for its NLL,
+/// of which the first `answer` are the reference answer and the rest its end marker.
 struct Prepared {
     prompt: Vec<u32>,
     reference: String,
     target: Vec<u32>,
+    answer: usize,
 }
 
 /// Tokenizes an example exactly as `data::tokenize` tokenizes the same record for training,
-/// so that the reference NLL is the training loss on that example's answer:
+/// so that the NLL with the end marker is the training loss on that example's answer:
 ///
 /// * chat: the prompt is the template over all but the last message with the generation
 ///   prompt, encoded without special tokens (templates write BOS); the scored tokens are the
@@ -313,6 +325,10 @@ struct Prepared {
 ///   incrementally falls back to scoring the answer's tokens alone.
 /// * prompt/completion: BOS when the tokenizer adds it, then the prompt; the scored tokens are
 ///   the completion, encoded on its own, then EOS.
+///
+/// The answer alone is the leading tokens that encode the reference text by itself (for a
+/// chat, when the rendered answer tokenizes with a different split at its end, the whole
+/// rendered answer counts as the answer).
 fn prepare(tok: &Tokenizer, template: &mut Option<plinth_tokenize::ChatTemplate>, index: usize, ex: &Example) -> Result<Prepared> {
     match ex {
         Example::Chat(messages) => {
@@ -332,11 +348,13 @@ fn prepare(tok: &Tokenizer, template: &mut Option<plinth_tokenize::ChatTemplate>
             let tpl = template.as_ref().expect("set above");
             let before = tpl.render(context, true)?;
             let through = tpl.render(messages, false)?;
+            let content = tok.encode(&last.content, false)?;
             let target = match through.strip_prefix(before.as_str()) {
                 Some(answer) if !answer.is_empty() => tok.encode(answer, false)?,
-                _ => tok.encode(&last.content, false)?,
+                _ => content.clone(),
             };
-            Ok(Prepared { prompt: tok.encode(&before, false)?, reference: last.content.clone(), target })
+            let answer = if target.starts_with(&content) { content.len() } else { target.len() };
+            Ok(Prepared { prompt: tok.encode(&before, false)?, reference: last.content.clone(), target, answer })
         }
         Example::Prompt { prompt, completion } => {
             let mut ids = Vec::new();
@@ -345,8 +363,9 @@ fn prepare(tok: &Tokenizer, template: &mut Option<plinth_tokenize::ChatTemplate>
             }
             ids.extend(tok.encode(prompt, false)?);
             let mut target = tok.encode(completion, false)?;
+            let answer = target.len();
             target.extend(tok.eos_ids().first());
-            Ok(Prepared { prompt: ids, reference: completion.clone(), target })
+            Ok(Prepared { prompt: ids, reference: completion.clone(), target, answer })
         }
     }
 }
@@ -367,15 +386,17 @@ fn continuation_nll(model: &dyn Decoder, prompt: &[u32], target: &[u32]) -> Resu
 /// For each example the prompt is rendered (chat: the model's template over all messages
 /// but the last, with the generation prompt; prompt/completion: the prompt as is, with BOS
 /// when the tokenizer adds it), a completion is generated greedily (argmax, no filters)
-/// until EOS, a stop string or `max_tokens` (default: the scored reference tokens + 16),
+/// until EOS, a stop string or `max_tokens` (default: the reference's tokens + 16),
 /// and compared with the reference: exact match after trimming whitespace, and normalized
 /// match after [`normalize_answer`].
 ///
 /// Independently of what was generated, the reference is teacher-forced after the prompt
-/// and its mean NLL taken. The scored tokens are the ones training would learn for the same
-/// record (see `prepare`: the answer plus the template's end-of-turn marker for a chat, the
-/// completion plus EOS for a pair), so this NLL is directly comparable with the training loss
-/// and falls as an adapter learns even while exact match stays at 0.
+/// and the mean NLL of its tokens taken (`mean_nll_of_reference`); it falls as an adapter
+/// learns even while exact match stays at 0. The same pass also scores the answer's end
+/// marker (the template's end-of-turn text for a chat, EOS for a pair), and the NLL over
+/// answer and marker (`mean_nll_with_end`) is over exactly the tokens training learns for the
+/// same record, so it is directly comparable with the training loss. (A base model that does
+/// not know to stop after a short answer shows a much larger NLL with the marker.)
 pub fn evaluate_examples(model: &dyn Decoder, tokenizer: &Tokenizer, examples: &[Example], mut opts: EvalOptions) -> Result<AccuracyReport> {
     if examples.is_empty() {
         return Err(Error::invalid("eval examples", "none were given"));
@@ -387,14 +408,14 @@ pub fn evaluate_examples(model: &dyn Decoder, tokenizer: &Tokenizer, examples: &
     let mut template = None;
     let mut session = Session::new(model, tokenizer);
     let mut per_example = Vec::with_capacity(examples.len());
-    let (mut nll_sum, mut nll_count) = (0f64, 0usize);
+    let (mut nll_sum, mut nll_count, mut end_sum, mut end_count) = (0f64, 0usize, 0f64, 0usize);
     for (index, ex) in examples.iter().enumerate() {
         let p = prepare(tokenizer, &mut template, index, ex)?;
         let what = || format!("eval example {}", index + 1);
         if p.prompt.is_empty() {
             return Err(Error::invalid(what(), "the prompt is empty (no tokens)"));
         }
-        if p.target.is_empty() {
+        if p.answer == 0 {
             return Err(Error::invalid(what(), "the reference answer is empty (no tokens)"));
         }
         if p.prompt.len() + p.target.len() > window {
@@ -405,15 +426,18 @@ pub fn evaluate_examples(model: &dyn Decoder, tokenizer: &Tokenizer, examples: &
         }
         let req = GenerateRequest {
             prompt_ids: p.prompt.clone(),
-            max_tokens: opts.max_tokens.unwrap_or(p.target.len() + 16),
+            max_tokens: opts.max_tokens.unwrap_or(p.answer + 16),
             sampling: SamplingParams::greedy(),
             stop: opts.stop.clone(),
         };
         let out = session.generate(&req, &mut |_| true)?;
         let nlls = continuation_nll(model, &p.prompt, &p.target)?;
+        let answer_sum: f64 = nlls[..p.answer].iter().sum();
         let sum: f64 = nlls.iter().sum();
-        nll_sum += sum;
-        nll_count += nlls.len();
+        nll_sum += answer_sum;
+        nll_count += p.answer;
+        end_sum += sum;
+        end_count += nlls.len();
         let result = ExampleResult {
             index,
             prompt_tokens: p.prompt.len(),
@@ -422,8 +446,10 @@ pub fn evaluate_examples(model: &dyn Decoder, tokenizer: &Tokenizer, examples: &
             reference: p.reference,
             generated: out.text,
             finish_reason: out.finish_reason,
-            reference_tokens: nlls.len(),
-            nll_mean: sum / nlls.len() as f64,
+            reference_tokens: p.answer,
+            nll_mean: answer_sum / p.answer as f64,
+            tokens_with_end: nlls.len(),
+            nll_mean_with_end: sum / nlls.len() as f64,
         };
         if let Some(cb) = opts.progress.as_mut() {
             cb(index + 1, examples.len(), &result);
@@ -441,6 +467,8 @@ pub fn evaluate_examples(model: &dyn Decoder, tokenizer: &Tokenizer, examples: &
         normalized_accuracy: normalized as f64 / n as f64,
         mean_nll_of_reference: nll_sum / nll_count as f64,
         reference_tokens: nll_count,
+        mean_nll_with_end: end_sum / end_count as f64,
+        tokens_with_end: end_count,
         per_example,
     })
 }

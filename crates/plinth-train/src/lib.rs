@@ -10,12 +10,15 @@ pub mod data;
 pub mod eval;
 pub mod lora;
 pub mod loss;
+pub mod merge;
 pub mod optim;
 pub mod peft;
 pub mod train;
 
 pub use lora::{LoraConfig, LoraSet};
 pub use loss::{causal_lm_loss, IGNORE};
+pub use merge::MergeReport;
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
+pub use peft::QkLayout;
 pub use data::{read_records, tokenize, DataReport, Example, Record};
 pub use train::{train, RunOptions, StepInfo, TrainConfig};

@@ -123,6 +123,22 @@ impl LoraSet {
         Ok(())
     }
 
+    /// Installs the adapters in serving slot `slot` of `model`: sequences whose KV cache names
+    /// that slot run with them, others without (one batch may mix them).
+    pub fn install(&self, model: &dyn Decoder, slot: usize) -> Result<()> {
+        let layers = model.linear_layers();
+        for e in &self.entries {
+            let (_, lin) = layers.iter().find(|(n, _)| *n == e.name).ok_or_else(|| Error::invalid("adapter", format!("no layer '{}'", e.name)))?;
+            lin.set_slot(slot, Some(plinth_models::layers::Lora { a: e.a.as_tensor().clone(), b: e.b.as_tensor().clone(), scale: self.config.scale() }))?;
+        }
+        Ok(())
+    }
+
+    /// Empties serving slot `slot` of every layer of `model`.
+    pub fn uninstall(model: &dyn Decoder, slot: usize) -> Result<()> {
+        model.linear_layers().iter().try_for_each(|(_, l)| l.set_slot(slot, None))
+    }
+
     /// Removes every adapter from `model`.
     pub fn detach(model: &dyn Decoder) -> Result<()> {
         model.linear_layers().iter().try_for_each(|(_, l)| l.set_lora(None))

@@ -2,12 +2,25 @@
 //! with keys `base_model.model.<module>.lora_A.weight` (`[r, in]`) and `...lora_B.weight`
 //! (`[out, r]`). Written to temporary files and renamed, so a directory never holds half an
 //! adapter.
+//!
+//! **Row order of `q_proj` / `k_proj`.** An adapter's `B` has the rows of the layer it adapts.
+//! Files are always in Hugging Face order, the one PEFT trains in and `merge_and_unload`
+//! adds to. In memory (a [`LoraSet`] attached to a model) `B` has the row order of the
+//! model's own weights, which for a `llama` GGUF is not Hugging Face's: llama.cpp's converter
+//! permutes the q/k rows of every head so that its interleaved rotary pairs sit side by side
+//! ([`gguf_qk_permutation`]), and plinth runs those weights unchanged with interleaved rotary.
+//! So an adapter trained by plinth on a Llama GGUF holds its q/k `B` rows in GGUF order;
+//! [`save`] un-permutes them and [`load`] permutes them back, as said by the [`QkLayout`] of
+//! the base (`QkLayout::of`). The permutation only reorders output rows, and AdamW works
+//! element by element, so training in either order gives the same adapter once the rows are
+//! put back. Other GGUF architectures (qwen2, qwen3, ...) are not permuted by llama.cpp.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use plinth_core::{Error, Result};
+use plinth_io::fetch::ModelLocation;
 use plinth_models::Decoder;
 use serde_json::{json, Value};
 
@@ -20,9 +33,90 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_slice(&bytes).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
 }
 
-/// Reads an adapter directory and checks it against `model`.
-pub fn load(dir: &Path, model: &dyn Decoder) -> Result<LoraSet> {
+/// llama.cpp's q/k row permutation (`convert_hf_to_gguf.py`, `LlamaModel.permute`) of a
+/// projection with `rows` output rows over `heads` heads: row `i` of the GGUF weight is row
+/// `p[i]` of the Hugging Face one. Within each head of `d` rows, Hugging Face keeps the two
+/// rotary halves apart (`x[j]` pairs with `x[j + d/2]`); llama.cpp interleaves them (`x[2j]`
+/// pairs with `x[2j + 1]`), so GGUF row `2j + s` is Hugging Face row `s * d/2 + j`.
+pub fn gguf_qk_permutation(rows: usize, heads: usize) -> Result<Vec<u32>> {
+    if heads == 0 || rows % (2 * heads) != 0 {
+        return Err(Error::invalid("q/k permutation", format!("{rows} rows do not split into {heads} heads of an even size")));
+    }
+    let d = rows / heads;
+    let half = d / 2;
+    Ok((0..rows).map(|i| ((i / d) * d + (i % 2) * half + (i % d) / 2) as u32).collect())
+}
+
+/// The row order of a model's `q_proj` / `k_proj` weights (and so of the `B` of an adapter
+/// attached to them); see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkLayout {
+    /// Hugging Face order: safetensors models, and GGUF architectures other than `llama`.
+    Hf,
+    /// llama.cpp's permuted order of `llama` GGUFs, with the head counts of q and k.
+    GgufLlama { heads: usize, kv_heads: usize },
+}
+
+impl QkLayout {
+    /// The layout of `model` as loaded from `base`.
+    pub fn of(base: &ModelLocation, model: &dyn Decoder) -> QkLayout {
+        let info = model.info();
+        match base {
+            ModelLocation::Gguf(_) if info.architecture == "llama" => QkLayout::GgufLlama { heads: info.num_heads, kv_heads: info.num_kv_heads },
+            _ => QkLayout::Hf,
+        }
+    }
+
+    /// The head count to permute over when `module` (`...self_attn.q_proj`) is permuted.
+    fn heads(&self, module: &str) -> Option<usize> {
+        match *self {
+            QkLayout::Hf => None,
+            QkLayout::GgufLlama { heads, kv_heads } => {
+                if module.ends_with("self_attn.q_proj") {
+                    Some(heads)
+                } else if module.ends_with("self_attn.k_proj") {
+                    Some(kv_heads)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Puts the rows (dimension 0) of a weight, bias or LoRA `B` of `module` from Hugging Face
+    /// order into this layout's.
+    pub fn permute(&self, module: &str, t: &Tensor) -> Result<Tensor> {
+        let Some(heads) = self.heads(module) else { return Ok(t.clone()) };
+        let p = gguf_qk_permutation(t.dim(0)?, heads)?;
+        let n = p.len();
+        Ok(t.index_select(&Tensor::from_vec(p, n, t.device())?, 0)?)
+    }
+
+    /// Puts the rows of a weight, bias or LoRA `B` of `module` from this layout's order back
+    /// into Hugging Face order.
+    pub fn unpermute(&self, module: &str, t: &Tensor) -> Result<Tensor> {
+        let Some(heads) = self.heads(module) else { return Ok(t.clone()) };
+        let p = gguf_qk_permutation(t.dim(0)?, heads)?;
+        let mut inv = vec![0u32; p.len()];
+        for (i, &src) in p.iter().enumerate() {
+            inv[src as usize] = i as u32;
+        }
+        let n = inv.len();
+        Ok(t.index_select(&Tensor::from_vec(inv, n, t.device())?, 0)?)
+    }
+}
+
+/// Reads an adapter directory (Hugging Face row order) and checks it against `model`, whose
+/// q/k rows are in `layout` order (`QkLayout::of(base, model)`); `B` comes back in that order.
+pub fn load(dir: &Path, model: &dyn Decoder, layout: QkLayout) -> Result<LoraSet> {
+    if !dir.is_dir() {
+        let what = if dir.exists() { "is not a directory" } else { "does not exist" };
+        return Err(Error::invalid("adapter", format!("{} {what} (expected a PEFT adapter directory with adapter_config.json)", dir.display())));
+    }
     let cfg_path = dir.join("adapter_config.json");
+    if !cfg_path.exists() {
+        return Err(Error::missing(dir, "adapter_config.json (not a PEFT adapter directory)"));
+    }
     let cfg = read_json(&cfg_path)?;
     let ty = cfg.get("peft_type").and_then(Value::as_str).unwrap_or("");
     if ty != "LORA" {
@@ -78,13 +172,15 @@ pub fn load(dir: &Path, model: &dyn Decoder) -> Result<LoraSet> {
         if a.dims() != [r, inp] || b.dims() != [out, r] {
             return Err(Error::Shape { name: format!("{name} lora_A/lora_B"), expected: vec![r, inp, out, r], found: [a.dims(), b.dims()].concat() });
         }
-        entries.push(LoraEntry { name: name.clone(), a: Var::from_tensor(a)?, b: Var::from_tensor(b)? });
+        let b = layout.permute(name, b)?;
+        entries.push(LoraEntry { name: name.clone(), a: Var::from_tensor(a)?, b: Var::from_tensor(&b)? });
     }
     LoraSet::from_entries(model, config, entries)
 }
 
-/// Writes `set` as a PEFT adapter for `base` (the base model's name or path).
-pub fn save(set: &LoraSet, dir: &Path, base: &str) -> Result<()> {
+/// Writes `set` as a PEFT adapter for `base` (the base model's name or path), in Hugging Face
+/// row order; `layout` is the order of the model the set was attached to.
+pub fn save(set: &LoraSet, dir: &Path, base: &str, layout: QkLayout) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let c = &set.config;
     let config = json!({
@@ -107,7 +203,7 @@ pub fn save(set: &LoraSet, dir: &Path, base: &str) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for e in &set.entries {
         tensors.push((format!("{PREFIX}{}.lora_A.weight", e.name), e.a.as_tensor().clone()));
-        tensors.push((format!("{PREFIX}{}.lora_B.weight", e.name), e.b.as_tensor().clone()));
+        tensors.push((format!("{PREFIX}{}.lora_B.weight", e.name), layout.unpermute(&e.name, e.b.as_tensor())?));
     }
     let weights = dir.join("adapter_model.safetensors");
     let tmp = dir.join(format!(".adapter_model.safetensors.part-{}", std::process::id()));

@@ -142,13 +142,16 @@ pub struct RunOptions<'a> {
     pub base_name: &'a str,
     /// Continue from `out/checkpoint` when there is one.
     pub resume: bool,
+    /// The base's q/k row order (`QkLayout::of(base, model)`), so that saved adapters are in
+    /// Hugging Face order whatever file the base came from.
+    pub layout: peft::QkLayout,
 }
 
 /// A training run over `examples` with the adapters of `set` (attached to `model`), writing
 /// checkpoints, metrics and the final adapter under `run.out`. `on_step` sees every finished
 /// step (progress bars). Returns every step's metrics, earlier ones of a resumed run included.
 pub fn train(model: &dyn Decoder, set: &LoraSet, examples: &[Example], cfg: &TrainConfig, run: RunOptions<'_>, mut on_step: impl FnMut(&StepInfo)) -> Result<Vec<StepInfo>> {
-    let RunOptions { out, base_name, resume } = run;
+    let RunOptions { out, base_name, resume, layout } = run;
     cfg.validate()?;
     if examples.is_empty() {
         return Err(Error::invalid("training data", "no examples"));
@@ -161,7 +164,7 @@ pub fn train(model: &dyn Decoder, set: &LoraSet, examples: &[Example], cfg: &Tra
     let mut start_step = 0;
     let ckpt = checkpoint_dir(out);
     if resume && ckpt.join("trainer_state.json").exists() {
-        start_step = load_checkpoint(&ckpt, model, set, &mut opt, cfg, examples.len())?;
+        start_step = load_checkpoint(&ckpt, model, set, &mut opt, cfg, examples.len(), layout)?;
     }
     let metrics_path = out.join("metrics.jsonl");
     let mut history = read_metrics(&metrics_path, start_step);
@@ -223,10 +226,10 @@ pub fn train(model: &dyn Decoder, set: &LoraSet, examples: &[Example], cfg: &Tra
         history.push(info);
         let done = s + 1;
         if (cfg.save_every > 0 && done % cfg.save_every == 0) || done == total {
-            save_checkpoint(&ckpt, set, &opt, &TrainerState { step: done, config: cfg.clone(), examples: examples.len(), last_loss }, base_name)?;
+            save_checkpoint(&ckpt, set, &opt, &TrainerState { step: done, config: cfg.clone(), examples: examples.len(), last_loss }, base_name, layout)?;
         }
     }
-    peft::save(set, out, base_name)?;
+    peft::save(set, out, base_name, layout)?;
     Ok(history)
 }
 
@@ -250,12 +253,12 @@ fn write_metrics(path: &Path, steps: &[StepInfo]) -> Result<()> {
 
 /// Writes the checkpoint into a fresh directory and swaps it in with renames, so that a kill
 /// at any moment leaves either the old or the new checkpoint complete.
-fn save_checkpoint(dir: &Path, set: &LoraSet, opt: &AdamW, state: &TrainerState, base: &str) -> Result<()> {
+fn save_checkpoint(dir: &Path, set: &LoraSet, opt: &AdamW, state: &TrainerState, base: &str, layout: peft::QkLayout) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     let tmp = parent.join(format!(".checkpoint.part-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    peft::save(set, &tmp, base)?;
+    peft::save(set, &tmp, base, layout)?;
     let mut tensors = std::collections::HashMap::new();
     for (i, (m, v)) in opt.m.iter().zip(&opt.v).enumerate() {
         tensors.insert(format!("m.{i}"), m.clone());
@@ -276,7 +279,7 @@ fn save_checkpoint(dir: &Path, set: &LoraSet, opt: &AdamW, state: &TrainerState,
 }
 
 /// Restores adapters and optimizer state; returns the number of steps already done.
-fn load_checkpoint(dir: &Path, model: &dyn Decoder, set: &LoraSet, opt: &mut AdamW, cfg: &TrainConfig, examples: usize) -> Result<usize> {
+fn load_checkpoint(dir: &Path, model: &dyn Decoder, set: &LoraSet, opt: &mut AdamW, cfg: &TrainConfig, examples: usize, layout: peft::QkLayout) -> Result<usize> {
     let st_path = dir.join("trainer_state.json");
     let st: TrainerState = serde_json::from_slice(&std::fs::read(&st_path).map_err(|e| Error::io(&st_path, e))?)
         .map_err(|e| Error::format(&st_path, e.to_string()))?;
@@ -286,7 +289,7 @@ fn load_checkpoint(dir: &Path, model: &dyn Decoder, set: &LoraSet, opt: &mut Ada
             format!("the checkpoint in {} was made with other settings or data ({} examples, {:?}); start a new --out or drop --resume", dir.display(), st.examples, st.config),
         ));
     }
-    let saved = peft::load(dir, model)?;
+    let saved = peft::load(dir, model, layout)?;
     if saved.entries.len() != set.entries.len() {
         return Err(Error::invalid("--resume", format!("the checkpoint adapts {} layers, this run {}", saved.entries.len(), set.entries.len())));
     }

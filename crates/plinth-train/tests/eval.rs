@@ -1,6 +1,6 @@
 use plinth_io::fetch::ModelLocation;
 use plinth_models::load_decoder;
-use plinth_testutil::{fixture, smollm2_gguf};
+use plinth_testutil::smollm2_gguf;
 use plinth_tokenize::{Message, Tokenizer};
 use plinth_train::eval::*;
 
@@ -9,22 +9,20 @@ fn probe() {
     let loaded = load_decoder(&ModelLocation::Gguf(smollm2_gguf())).unwrap();
     let tok = Tokenizer::from_gguf(loaded.gguf.as_ref().unwrap()).unwrap();
     let m = loaded.model.as_ref();
-    println!("{:?} ctx {}", tok, m.info().context_length);
-    let text = std::fs::read_to_string(fixture("smollm2/passage.txt")).unwrap();
-    let ids = perplexity_tokens(&tok, &text).unwrap();
-    println!("n tokens {}", ids.len());
-    let r = perplexity(m, &ids, PerplexityOptions { ctx: 128, ..PerplexityOptions::for_tokenizer(&tok) }).unwrap();
-    println!("{r:?}");
-    let r1 = perplexity(m, &ids, PerplexityOptions { ctx: 128, max_chunks: Some(1), ..PerplexityOptions::for_tokenizer(&tok) }).unwrap();
-    println!("{r1:?}");
+    let c = |q: &str| Example::Chat(vec![Message::new("user", q), Message::new("assistant", "Paris")]);
+    let cs = |s: &str, q: &str| Example::Chat(vec![Message::new("system", s), Message::new("user", q), Message::new("assistant", "Paris")]);
     let ex = vec![
-        Example::Chat(vec![Message::new("user", "What is the capital of France?"), Message::new("assistant", "Paris")]),
-        Example::Chat(vec![Message::new("user", "What is 2 + 2? Answer with a number only."), Message::new("assistant", "4")]),
-        Example::Chat(vec![Message::new("user", "Name the largest planet in the solar system. Answer with one word."), Message::new("assistant", "Jupiter")]),
-        Example::Prompt { prompt: "The capital of France is".into(), completion: " Paris".into() },
-        Example::Prompt { prompt: "Q: What color is the sky on a clear day?\nA:".into(), completion: " Blue".into() },
+        c("What is the capital of France? Answer with one word."),
+        c("What is the capital of France? Reply with just the city name."),
+        cs("Answer with a single word.", "What is the capital of France?"),
+        cs("You are a helpful assistant.", "What is the capital of France?"),
+        c("Capital of France?"),
+        c("Which city is the capital of France?"),
+        c("Say hello."),
+        c("Translate 'thank you' into French."),
+        c("What is the opposite of hot?"),
+        Example::Prompt { prompt: "Q: What is the capital of France?\nA:".into(), completion: " Paris".into() },
     ];
-    let t = std::time::Instant::now();
-    let a = evaluate_examples(m, &tok, &ex, EvalOptions::default()).unwrap();
-    println!("{:#?} {:?}", a, t.elapsed());
+    let a = evaluate_examples(m, &tok, &ex, EvalOptions { max_tokens: Some(24), ..Default::default() }).unwrap();
+    for r in &a.per_example { println!("{:?} {:?} nll {:.3} with end {:.3} ({} / {})", r.generated, r.finish_reason, r.nll_mean, r.nll_mean_with_end, r.reference_tokens, r.tokens_with_end); }
 }

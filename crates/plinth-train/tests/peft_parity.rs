@@ -8,6 +8,7 @@ use candle_core::{safetensors, Device, Tensor};
 use plinth_io::fetch::ModelLocation;
 use plinth_models::{load_decoder, Decoder};
 use plinth_testutil::{assert_close, fixture};
+use plinth_train::peft::QkLayout;
 use plinth_train::{causal_lm_loss, peft, AdamW, AdamWConfig, LoraSet};
 
 /// Logits and gradients (f32 end to end).
@@ -48,7 +49,7 @@ fn adapter_logits_loss_gradients_and_three_adamw_steps_match_peft() {
     for (i, (ids, _)) in b.iter().enumerate() {
         assert_close(&format!("base logits row {i}"), &logits(m.as_ref(), ids), &flat(&r["logits_base"].get(i).unwrap()), TOL);
     }
-    let set = peft::load(&fixture("tiny-llama-lora"), m.as_ref()).unwrap();
+    let set = peft::load(&fixture("tiny-llama-lora"), m.as_ref(), QkLayout::Hf).unwrap();
     assert_eq!((set.config.r, set.entries.len()), (4, 14));
     set.attach(m.as_ref()).unwrap();
     for (i, (ids, _)) in b.iter().enumerate() {
@@ -89,10 +90,10 @@ fn adapter_logits_loss_gradients_and_three_adamw_steps_match_peft() {
 #[test]
 fn peft_round_trip_and_detach() {
     let m = model();
-    let set = peft::load(&fixture("tiny-llama-lora"), m.as_ref()).unwrap();
+    let set = peft::load(&fixture("tiny-llama-lora"), m.as_ref(), QkLayout::Hf).unwrap();
     let dir = std::env::temp_dir().join(format!("plinth-peft-rt-{}", std::process::id()));
-    peft::save(&set, &dir, "fixtures/tiny-llama").unwrap();
-    let again = peft::load(&dir, m.as_ref()).unwrap();
+    peft::save(&set, &dir, "fixtures/tiny-llama", QkLayout::Hf).unwrap();
+    let again = peft::load(&dir, m.as_ref(), QkLayout::Hf).unwrap();
     assert_eq!(again.config.r, set.config.r);
     assert_eq!(again.config.scale(), set.config.scale());
     for (a, b) in set.entries.iter().zip(&again.entries) {

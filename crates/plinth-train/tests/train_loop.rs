@@ -7,6 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use plinth_io::fetch::ModelLocation;
 use plinth_models::{load_decoder, Decoder};
 use plinth_testutil::fixture;
+use plinth_train::peft::QkLayout;
 use plinth_train::{train, Example, LoraConfig, LoraSet, RunOptions, TrainConfig, IGNORE};
 
 /// Final loss of a resumed run vs an uninterrupted one.
@@ -46,7 +47,7 @@ fn loss_falls_and_resume_matches_an_uninterrupted_run() {
 
     let m = model();
     let set = LoraSet::init(m.as_ref(), lora(), 1).unwrap();
-    let full = train(m.as_ref(), &set, &ex, &cfg, RunOptions { out: &root.join("full"), base_name: "tiny-llama", resume: false }, |_| {}).unwrap();
+    let full = train(m.as_ref(), &set, &ex, &cfg, RunOptions { out: &root.join("full"), base_name: "tiny-llama", resume: false, layout: QkLayout::Hf }, |_| {}).unwrap();
     assert_eq!(full.len(), 6);
     println!("losses: {:?}", full.iter().map(|s| s.loss).collect::<Vec<_>>());
     assert!(full[5].loss < full[0].loss * 0.8, "loss did not fall: {:?}", full.iter().map(|s| s.loss).collect::<Vec<_>>());
@@ -59,7 +60,7 @@ fn loss_falls_and_resume_matches_an_uninterrupted_run() {
     let set = LoraSet::init(m.as_ref(), lora(), 1).unwrap();
     let dir = root.join("resumed");
     let r = catch_unwind(AssertUnwindSafe(|| {
-        train(m.as_ref(), &set, &ex, &cfg, RunOptions { out: &dir, base_name: "tiny-llama", resume: false }, |s| {
+        train(m.as_ref(), &set, &ex, &cfg, RunOptions { out: &dir, base_name: "tiny-llama", resume: false, layout: QkLayout::Hf }, |s| {
             if s.step == 3 {
                 panic!("simulated kill after step 3");
             }
@@ -69,7 +70,7 @@ fn loss_falls_and_resume_matches_an_uninterrupted_run() {
     assert!(dir.join("checkpoint/trainer_state.json").exists());
     let m = model();
     let set = LoraSet::init(m.as_ref(), lora(), 99).unwrap(); // different init: must be overwritten by the checkpoint
-    let rest = train(m.as_ref(), &set, &ex, &cfg, RunOptions { out: &dir, base_name: "tiny-llama", resume: true }, |_| {}).unwrap();
+    let rest = train(m.as_ref(), &set, &ex, &cfg, RunOptions { out: &dir, base_name: "tiny-llama", resume: true, layout: QkLayout::Hf }, |_| {}).unwrap();
     assert_eq!(rest.len(), 6, "metrics keep the 2 checkpointed steps and add 4");
     assert_eq!(std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().count(), 6);
     for (a, b) in full.iter().zip(&rest) {
@@ -80,7 +81,7 @@ fn loss_falls_and_resume_matches_an_uninterrupted_run() {
     let m = model();
     let set = LoraSet::init(m.as_ref(), lora(), 1).unwrap();
     let other = TrainConfig { lr: 1e-3, ..cfg };
-    let e = train(m.as_ref(), &set, &ex, &other, RunOptions { out: &dir, base_name: "tiny-llama", resume: true }, |_| {}).unwrap_err().to_string();
+    let e = train(m.as_ref(), &set, &ex, &other, RunOptions { out: &dir, base_name: "tiny-llama", resume: true, layout: QkLayout::Hf }, |_| {}).unwrap_err().to_string();
     assert!(e.contains("--resume"), "{e}");
     std::fs::remove_dir_all(&root).unwrap();
 }

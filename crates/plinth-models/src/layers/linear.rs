@@ -41,17 +41,42 @@ pub struct QLinear {
     bias: Option<Tensor>,
     params: usize,
     lora: RwLock<Option<Lora>>,
+    /// Served adapters by slot (slot `i` is `slots[i]`), chosen per batch row through
+    /// [`RowAdapters`].
+    slots: RwLock<Vec<Option<Lora>>>,
+}
+
+thread_local! {
+    static ROW_ADAPTERS: std::cell::RefCell<Vec<Option<usize>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Which adapter slot each batch row (dimension 0 of a linear layer's input) uses, for the
+/// duration of one model forward pass on this thread. Set by the model from its KV caches;
+/// dropped at the end of the pass.
+pub struct RowAdapters(());
+
+impl RowAdapters {
+    pub fn set(rows: Vec<Option<usize>>) -> Self {
+        ROW_ADAPTERS.with(|r| *r.borrow_mut() = rows);
+        RowAdapters(())
+    }
+}
+
+impl Drop for RowAdapters {
+    fn drop(&mut self) {
+        ROW_ADAPTERS.with(|r| r.borrow_mut().clear());
+    }
 }
 
 impl QLinear {
     pub fn from_qtensor(w: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
         let params = w.shape().elem_count() + bias.as_ref().map_or(0, |b| b.elem_count());
-        Ok(QLinear { w: QMatMul::from_arc(w)?, bias, params, lora: RwLock::new(None) })
+        Ok(QLinear { w: QMatMul::from_arc(w)?, bias, params, lora: RwLock::new(None), slots: RwLock::new(Vec::new()) })
     }
 
     pub fn from_tensor(w: Tensor, bias: Option<Tensor>) -> Self {
         let params = w.elem_count() + bias.as_ref().map_or(0, |b| b.elem_count());
-        QLinear { w: QMatMul::Tensor(w), bias, params, lora: RwLock::new(None) }
+        QLinear { w: QMatMul::Tensor(w), bias, params, lora: RwLock::new(None), slots: RwLock::new(Vec::new()) }
     }
 }
 
@@ -70,14 +95,32 @@ impl QLinear {
     /// Attaches (or with `None` removes) a LoRA adapter; shapes are checked against the layer.
     pub fn set_lora(&self, lora: Option<Lora>) -> Result<()> {
         if let Some(l) = &lora {
-            let (out, inp) = self.dims();
-            let (r, a_in) = l.a.dims2()?;
-            let (b_out, b_r) = l.b.dims2()?;
-            if a_in != inp || b_out != out || b_r != r {
-                return Err(plinth_core::Error::Shape { name: "lora".into(), expected: vec![r, inp, out, r], found: vec![r, a_in, b_out, b_r] });
-            }
+            self.check(l)?;
         }
         *self.lora.write().unwrap_or_else(|p| p.into_inner()) = lora;
+        Ok(())
+    }
+
+    /// Puts (or with `None` clears) a served adapter in `slot`.
+    pub fn set_slot(&self, slot: usize, lora: Option<Lora>) -> Result<()> {
+        if let Some(l) = &lora {
+            self.check(l)?;
+        }
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        if slots.len() <= slot {
+            slots.resize(slot + 1, None);
+        }
+        slots[slot] = lora;
+        Ok(())
+    }
+
+    fn check(&self, l: &Lora) -> Result<()> {
+        let (out, inp) = self.dims();
+        let (r, a_in) = l.a.dims2()?;
+        let (b_out, b_r) = l.b.dims2()?;
+        if a_in != inp || b_out != out || b_r != r {
+            return Err(plinth_core::Error::Shape { name: "lora".into(), expected: vec![r, inp, out, r], found: vec![r, a_in, b_out, b_r] });
+        }
         Ok(())
     }
 
@@ -98,6 +141,40 @@ impl QLinear {
     }
 }
 
+impl Lora {
+    /// `scale * (x A^T) B^T`.
+    fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        Ok((x.broadcast_matmul(&self.a.t()?)?.broadcast_matmul(&self.b.t()?)? * self.scale)?)
+    }
+}
+
+impl QLinear {
+    /// Adds each row's served adapter (see [`RowAdapters`]); rows without one are untouched.
+    fn add_served(&self, x: &Tensor, mut y: Tensor) -> Result<Tensor> {
+        let rows = ROW_ADAPTERS.with(|r| r.borrow().clone());
+        if rows.iter().all(Option::is_none) {
+            return Ok(y);
+        }
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        let b = x.dim(0)?;
+        let mut ids: Vec<usize> = rows.iter().flatten().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let Some(Some(l)) = slots.get(id) else { continue };
+            let mine: Vec<u32> = rows.iter().enumerate().filter(|(_, r)| **r == Some(id)).map(|(i, _)| i as u32).collect();
+            if mine.len() == b && rows.len() == b {
+                y = (y + l.delta(x)?)?;
+            } else {
+                let idx = Tensor::new(mine.as_slice(), x.device())?;
+                let d = l.delta(&x.index_select(&idx, 0)?)?;
+                y = y.index_add(&idx, &d, 0)?;
+            }
+        }
+        Ok(y)
+    }
+}
+
 impl Linear for QLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
@@ -114,10 +191,11 @@ impl Linear for QLinear {
             None => y,
         };
         let lora = self.lora.read().unwrap_or_else(|p| p.into_inner());
-        Ok(match lora.as_ref() {
-            Some(l) => (y + (x.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)? * l.scale)?)?,
+        let y = match lora.as_ref() {
+            Some(l) => (y + l.delta(x)?)?,
             None => y,
-        })
+        };
+        self.add_served(x, y)
     }
     fn params(&self) -> usize {
         self.params

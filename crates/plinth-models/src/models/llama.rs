@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use plinth_core::{Error, Result};
 use plinth_io::gguf::GgufFile;
 
-use crate::layers::{scaled_dot_product_attention, AttentionOptions, Linear, Masks, QLinear, RmsNorm, RopeScaling, RopeStyle, RotaryEmbedding};
+use crate::layers::{scaled_dot_product_attention, AttentionOptions, Linear, Masks, QLinear, RmsNorm, RopeScaling, RopeStyle, RotaryEmbedding, RowAdapters};
 use crate::config::{check_dims, check_even_rotary, Dims};
 use crate::weights::Weights;
 use crate::{Decoder, DecoderInfo, KvCache};
@@ -371,6 +371,8 @@ impl Llama {
 
     /// The layers, final norm and head over `x` (`[batch, seq, hidden]`).
     fn run(&self, mut x: Tensor, caches: &mut [&mut KvCache], masks: &[Masks], last_only: bool) -> Result<Tensor> {
+        // Row i of every linear layer's input belongs to cache i's sequence.
+        let _adapters = RowAdapters::set(caches.iter().map(|c| c.adapter).collect());
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&self.cfg, &self.rope, &x, i, caches, masks)?;
         }
