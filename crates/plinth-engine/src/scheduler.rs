@@ -81,6 +81,13 @@ pub struct Engine {
 impl Engine {
     /// Starts the scheduler thread, which takes ownership of the model.
     pub fn start(model: Box<dyn Decoder>, tokenizer: Arc<Tokenizer>, cfg: EngineConfig) -> Engine {
+        Self::start_shared(Arc::from(model), tokenizer, cfg)
+    }
+
+    /// Starts the scheduler thread on a shared model: the caller keeps a handle to install or
+    /// remove adapters while it serves (layers guard their adapter slots themselves; the
+    /// weights are never written).
+    pub fn start_shared(model: Arc<dyn Decoder>, tokenizer: Arc<Tokenizer>, cfg: EngineConfig) -> Engine {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(EngineStats::default());
         let stopped = Arc::new(AtomicBool::new(false));
@@ -212,8 +219,13 @@ fn run(model: &dyn Decoder, tok: &Tokenizer, cfg: EngineConfig, rx: mpsc::Receiv
                 continue;
             }
             let budget = context - req.prompt_ids.len();
+            let adapter = req.options.adapter;
             match Sequence::new(tok, &req.prompt_ids, req.options, budget) {
-                Ok(seq) => running.push(Running { prompt: req.prompt_ids, fed: 0, pending: None, seq, cache: model.new_cache(), events: tx }),
+                Ok(seq) => {
+                    let mut cache = model.new_cache();
+                    cache.adapter = adapter;
+                    running.push(Running { prompt: req.prompt_ids, fed: 0, pending: None, seq, cache, events: tx })
+                }
                 Err(e) => {
                     let _ = tx.send(Event::Error(e.to_string()));
                 }

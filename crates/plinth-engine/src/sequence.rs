@@ -40,11 +40,13 @@ pub struct GenerationOptions {
     /// token already generated.
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// The model's adapter slot to generate with (`None`: the base model).
+    pub adapter: Option<usize>,
 }
 
 impl GenerationOptions {
     pub fn new(max_tokens: usize, sampling: SamplingParams, stop: Vec<String>) -> Self {
-        GenerationOptions { max_tokens, sampling, stop, logprobs: None, logit_bias: Vec::new(), presence_penalty: 0.0, frequency_penalty: 0.0 }
+        GenerationOptions { max_tokens, sampling, stop, logprobs: None, logit_bias: Vec::new(), presence_penalty: 0.0, frequency_penalty: 0.0, adapter: None }
     }
 }
 

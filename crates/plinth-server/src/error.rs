@@ -33,6 +33,10 @@ pub enum ApiError {
     Core { err: Error, param: Option<&'static str> },
     /// The engine failed the request after accepting it.
     Generation(String),
+    /// An admin route on a server without `--api-key`.
+    Forbidden(String),
+    /// A name that is already taken (loading an adapter twice).
+    Conflict(String),
 }
 
 /// What [`ApiError::parts`] decides.
@@ -68,6 +72,8 @@ impl ApiError {
             ApiError::NotFound { .. } => p(StatusCode::NOT_FOUND, INVALID, Some("unknown_url"), None),
             ApiError::MethodNotAllowed { .. } => p(StatusCode::METHOD_NOT_ALLOWED, INVALID, Some("method_not_allowed"), None),
             ApiError::Generation(_) => p(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, None),
+            ApiError::Forbidden(_) => p(StatusCode::FORBIDDEN, INVALID, Some("admin_disabled"), None),
+            ApiError::Conflict(_) => p(StatusCode::CONFLICT, INVALID, Some("already_exists"), Some("name".into())),
             ApiError::Core { err, param } => {
                 let param = param.map(str::to_string);
                 match err {
@@ -98,6 +104,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { method, path } => format!("Method {method} is not allowed on {path}"),
             ApiError::Core { err, .. } => err.to_string(),
             ApiError::Generation(why) => format!("Generation failed: {why}"),
+            ApiError::Forbidden(why) | ApiError::Conflict(why) => why.clone(),
         }
     }
 

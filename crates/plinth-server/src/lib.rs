@@ -11,6 +11,7 @@
 //! Use [`serve`] from a binary, or [`Server::bind`] then [`Server::run`] to control the
 //! runtime and the shutdown signal (as the tests do).
 
+mod adapters;
 mod encode;
 mod error;
 mod gate;
@@ -53,6 +54,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Limits of each model's engine.
     pub engine: EngineConfig,
+    /// LoRA adapters to serve from the start: `(name, PEFT directory)`, on the first decoder.
+    pub adapters: Vec<(String, PathBuf)>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +67,7 @@ impl Default for ServerConfig {
             cors: None,
             max_body_bytes: 2 * 1024 * 1024,
             engine: EngineConfig::default(),
+            adapters: Vec::new(),
         }
     }
 }
@@ -145,8 +149,10 @@ impl Server {
             .map(|m| {
                 let template = m.tokenizer.chat().map_err(|e| format!("model '{}' cannot serve chat requests ({e}); use /v1/completions", m.name));
                 let tokenizer = Arc::new(m.tokenizer);
+                let model: Arc<dyn Decoder> = Arc::from(m.model);
                 state::ModelState {
-                    engine: Engine::start(m.model, tokenizer.clone(), config.engine),
+                    engine: Engine::start_shared(model.clone(), tokenizer.clone(), config.engine),
+                    model,
                     name: m.name,
                     path: m.path,
                     created,
@@ -171,11 +177,18 @@ impl Server {
         let state = state::AppState {
             models,
             encoders,
+            adapters: Default::default(),
             requests: Default::default(),
             api_key: config.api_key,
             cors,
             max_body_bytes: config.max_body_bytes,
         };
+        if !config.adapters.is_empty() && state.models.is_empty() {
+            return Err(Error::invalid("--adapter", "adapters need a generation model to run on"));
+        }
+        for (name, path) in &config.adapters {
+            adapters::install(&state, name, path, 0).map_err(|e| Error::invalid("--adapter", format!("{name}={}: {e}", path.display())))?;
+        }
         Ok(Server { listener, addr, state: Arc::new(state) })
     }
 

@@ -197,7 +197,7 @@ impl GenRequest {
 
     /// The engine options of choice `i`; without `max_tokens` a choice may run to the end
     /// of the context (the engine clips to what fits after the prompt).
-    pub fn options(&self, i: usize, context: usize) -> GenerationOptions {
+    pub fn options(&self, i: usize, context: usize, adapter: Option<usize>) -> GenerationOptions {
         GenerationOptions {
             max_tokens: self.max_tokens.unwrap_or(context),
             sampling: SamplingParams { seed: self.sampling.seed.wrapping_add(i as u64), ..self.sampling.clone() },
@@ -206,6 +206,7 @@ impl GenRequest {
             logit_bias: self.logit_bias.clone(),
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
+            adapter,
         }
     }
 
@@ -377,7 +378,7 @@ mod tests {
         let s = &r.sampling;
         assert_eq!((s.temperature, s.top_p, s.top_k, s.min_p, s.repeat_penalty, s.seed), (1.0, None, None, None, 1.0, DEFAULT_SEED));
         assert_eq!((r.n, r.max_tokens, r.logprobs, r.stream, r.include_usage), (1, None, None, false, false));
-        assert_eq!(r.options(0, 100).max_tokens, 100);
+        assert_eq!(r.options(0, 100, None).max_tokens, 100);
         s.validate().unwrap();
     }
 
@@ -393,7 +394,7 @@ mod tests {
         assert_eq!((r.sampling.top_k, r.sampling.min_p, r.sampling.seed), (None, Some(0.1), u64::MAX));
         assert!(r.sampling.top_p.is_some_and(|p| p > 0.0));
         r.sampling.validate().unwrap();
-        let o = r.options(2, 100);
+        let o = r.options(2, 100, None);
         assert_eq!((o.sampling.seed, o.stop, o.logit_bias, o.presence_penalty), (1, vec!["\n".to_string()], vec![(42, -100.0)], 0.5));
     }
 

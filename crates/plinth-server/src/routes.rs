@@ -22,7 +22,7 @@ use crate::metrics::{self, ModelView, TokenTimer};
 use crate::request::{Endpoint, GenRequest};
 use crate::response::{self, Choice, Meta};
 use crate::state::AppState;
-use crate::{encode, gate, stream};
+use crate::{adapters, encode, gate, stream};
 
 /// The id the scheduler gives the final flush of held-back text, which is no sampled token
 /// and so has no timing or log-probability of its own.
@@ -35,6 +35,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(encode::embeddings))
         .route("/v1/rerank", post(encode::rerank))
         .route("/rerank", post(encode::rerank))
+        .route("/v1/adapters", get(adapters::list).post(adapters::load))
+        .route("/v1/adapters/{name}", axum::routing::delete(adapters::unload))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
@@ -64,6 +66,11 @@ async fn models(State(s): State<Arc<AppState>>) -> Response {
         .iter()
         .map(|m| model_object(&m.name, m.created))
         .chain(s.encoders.iter().map(|e| model_object(&e.name, e.created)))
+        .chain(s.adapters.read().unwrap_or_else(|p| p.into_inner()).iter().map(|a| {
+            let mut o = model_object(&a.name, a.created);
+            o["parent"] = json!(s.models[a.model].name);
+            o
+        }))
         .collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
@@ -71,6 +78,11 @@ async fn models(State(s): State<Arc<AppState>>) -> Response {
 async fn model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     if let Some(e) = s.encoders.iter().find(|e| e.name == id) {
         return Ok(json_response(StatusCode::OK, &model_object(&e.name, e.created)));
+    }
+    if let Some(a) = s.adapters.read().unwrap_or_else(|p| p.into_inner()).iter().find(|a| a.name == id) {
+        let mut o = model_object(&a.name, a.created);
+        o["parent"] = json!(s.models[a.model].name);
+        return Ok(json_response(StatusCode::OK, &o));
     }
     let i = s.find(&id)?;
     Ok(json_response(StatusCode::OK, &model_object(&s.models[i].name, s.models[i].created)))
@@ -112,7 +124,7 @@ async fn generate(s: Arc<AppState>, ep: Endpoint, body: Result<Bytes, BytesRejec
     let start = Instant::now();
     let body = body.map_err(|r| body_error(r, s.max_body_bytes))?;
     let req = GenRequest::parse(ep, &body)?;
-    let idx = s.find(&req.model)?;
+    let (idx, adapter) = s.route(&req.model)?;
     let m = &s.models[idx];
     req.check_vocab(m.tokenizer.vocab_size())?;
 
@@ -130,12 +142,13 @@ async fn generate(s: Arc<AppState>, ep: Endpoint, body: Result<Bytes, BytesRejec
     let context = m.engine.context_length();
     let mut receivers = Vec::with_capacity(req.n);
     for i in 0..req.n {
-        let submitted = m.engine.submit(Request { prompt_ids: prompt_ids.clone(), options: req.options(i, context) });
+        let submitted = m.engine.submit(Request { prompt_ids: prompt_ids.clone(), options: req.options(i, context, adapter) });
         // On failure the choices already submitted are cancelled as `receivers` drops.
         receivers.push(submitted.map_err(|e| ApiError::core(e, param))?);
     }
     let events = merge(receivers);
-    let meta = Meta::new(ep, &m.name);
+    // Responses name what the client asked for (the adapter, when it named one).
+    let meta = Meta::new(ep, if adapter.is_some() { &req.model } else { &m.name });
     if req.stream {
         Ok(stream::response(s.clone(), idx, meta, &req, events, start))
     } else {

@@ -16,6 +16,8 @@ use crate::request::Prompt;
 pub struct AppState {
     pub models: Vec<ModelState>,
     pub encoders: Vec<EncoderState>,
+    /// LoRA adapters served on top of `models`, by name.
+    pub adapters: std::sync::RwLock<Vec<AdapterState>>,
     pub requests: RequestCounter,
     pub api_key: Option<String>,
     pub cors: Option<Cors>,
@@ -25,6 +27,8 @@ pub struct AppState {
 pub struct ModelState {
     pub name: String,
     pub path: PathBuf,
+    /// Shared with the engine thread, to install and remove adapters while it serves.
+    pub model: Arc<dyn plinth_models::Decoder>,
     /// When the server loaded it, for `/v1/models`.
     pub created: u64,
     pub engine: Engine,
@@ -32,6 +36,16 @@ pub struct ModelState {
     /// Parsed once at start-up; the error says why chat requests cannot be served.
     pub template: Result<ChatTemplate, String>,
     pub metrics: ModelMetrics,
+}
+
+/// A LoRA adapter installed in slot `slot` of decoder `model`.
+#[derive(Debug, Clone)]
+pub struct AdapterState {
+    pub name: String,
+    pub model: usize,
+    pub slot: usize,
+    pub path: PathBuf,
+    pub created: u64,
 }
 
 /// A served encoder: embeddings through its batching service, reranking beside it.
@@ -43,6 +57,17 @@ pub struct EncoderState {
 }
 
 impl AppState {
+    /// The decoder and adapter slot a request's `model` names: an adapter's name, else a
+    /// model's (without adapter).
+    pub fn route(&self, name: &str) -> Result<(usize, Option<usize>), ApiError> {
+        let adapters = self.adapters.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = adapters.iter().find(|a| a.name == name) {
+            return Ok((a.model, Some(a.slot)));
+        }
+        drop(adapters);
+        Ok((self.find(name)?, None))
+    }
+
     /// The index of the model a request names; exact names win over case-insensitive ones.
     pub fn find(&self, name: &str) -> Result<usize, ApiError> {
         (self.models.iter().position(|m| m.name == name))
