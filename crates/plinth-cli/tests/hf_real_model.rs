@@ -1,84 +1,28 @@
-//! The real SmolLM2 as a Hugging Face directory: the GGUF is converted once per test run into
-//! `config.json` + `model.safetensors` (f32, Hugging Face names and q/k row order) +
-//! `tokenizer.json` / `tokenizer_config.json`, then run through the safetensors loader. Its
+//! The real SmolLM2 as a Hugging Face directory: the GGUF is converted once per test run by
+//! `plinth_train::merge::export` into `config.json` + `model.safetensors` (f32, Hugging Face
+//! names and q/k row order) + `tokenizer.json` / `tokenizer_config.json` /
+//! `generation_config.json`, then run through the safetensors loader. Its
 //! prompt logits must equal the GGUF path's (both multiply dequantized weights in f32;
 //! tolerance 1e-3 absolute on logits of magnitude ~20), and `generate --chat` must work from
 //! the directory.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use candle_core::{Device, Tensor};
 use plinth_io::fetch::ModelLocation;
-use plinth_io::{names, GgufFile};
 use plinth_models::load_decoder;
 use plinth_testutil::{assert_close, smollm2_gguf};
 use plinth_tokenize::Tokenizer;
-
-/// Undoes llama.cpp's q/k row permutation (its converter interleaves the rotary halves).
-fn unpermute(w: &Tensor, heads: usize) -> Tensor {
-    let (out, inp) = w.dims2().unwrap();
-    w.reshape((heads, out / heads / 2, 2, inp)).unwrap().transpose(1, 2).unwrap().reshape((out, inp)).unwrap()
-}
-
-fn convert(gguf: &Path, dir: &Path) {
-    let g = GgufFile::open(gguf).unwrap();
-    let heads = g.get_usize("llama.attention.head_count").unwrap();
-    let kv_heads = g.get_usize("llama.attention.head_count_kv").unwrap();
-    let mut tensors = HashMap::new();
-    for t in &g.tensors {
-        let hf = names::gguf_to_hf("llama", &t.name).unwrap_or_else(|| panic!("unmapped {}", t.name));
-        let w = g.qtensor(&t.name, &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
-        let w = if t.name.ends_with("attn_q.weight") {
-            unpermute(&w, heads)
-        } else if t.name.ends_with("attn_k.weight") {
-            unpermute(&w, kv_heads)
-        } else {
-            w
-        };
-        tensors.insert(hf, w);
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    let u = |k: &str| g.get_usize(&format!("llama.{k}")).unwrap();
-    let config = serde_json::json!({
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": 49152,
-        "hidden_size": u("embedding_length"),
-        "intermediate_size": u("feed_forward_length"),
-        "num_hidden_layers": u("block_count"),
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "max_position_embeddings": u("context_length"),
-        "rms_norm_eps": g.get_f64("llama.attention.layer_norm_rms_epsilon").unwrap(),
-        "rope_theta": g.get_f64("llama.rope.freq_base").unwrap(),
-        "tie_word_embeddings": true,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let tok = Tokenizer::from_gguf(&g).unwrap();
-    tok.inner().save(dir.join("tokenizer.json"), false).unwrap();
-    let tc = serde_json::json!({
-        "chat_template": tok.chat_template().unwrap(),
-        "bos_token": "<|im_start|>",
-        "eos_token": "<|im_end|>",
-        "add_bos_token": false,
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
-}
 
 /// The converted directory, made once per test binary run.
 fn hf_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-hf");
-        if !dir.join("tokenizer_config.json").exists() {
-            let _ = std::fs::remove_dir_all(&dir);
-            convert(&smollm2_gguf(), &dir);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-exported");
+        // The export writes the directory whole or not at all.
+        if !dir.exists() {
+            plinth_train::merge::export(&ModelLocation::Gguf(smollm2_gguf()), &dir, |_, _| {}).unwrap();
         }
         dir
     })

@@ -2,7 +2,8 @@
 //! `plinth-models` ([`lora`]), PEFT-format adapter files ([`peft`]), the causal-LM loss with
 //! masked positions ([`loss`]), AdamW with gradient clipping ([`optim`]), training data from
 //! chat, prompt/completion and text files ([`data`]), the loop with checkpoints ([`train`])
-//! and evaluation: llama.cpp-style perplexity and answer accuracy ([`eval`]). The model code
+//! and evaluation: llama.cpp-style perplexity and answer accuracy ([`eval`]), and merging an
+//! adapter into its base as a Hugging Face model directory ([`merge`]). The model code
 //! is the inference code: training runs the same forward pass with candle's autodiff, the
 //! adapter matrices being its only variables.
 

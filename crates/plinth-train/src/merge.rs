@@ -262,8 +262,8 @@ fn gguf_config(g: &GgufFile, arch: &str) -> Result<Value> {
         "num_key_value_heads": c.num_kv_heads,
         "head_dim": c.head_dim,
         "max_position_embeddings": c.max_position_embeddings,
-        "rms_norm_eps": c.rms_norm_eps,
-        "rope_theta": c.rope_theta,
+        "rms_norm_eps": f32_shortest(c.rms_norm_eps),
+        "rope_theta": f32_shortest(c.rope_theta),
         "hidden_act": "silu",
         "tie_word_embeddings": c.tie_word_embeddings,
         "torch_dtype": "float32",
@@ -306,6 +306,11 @@ fn gguf_config(g: &GgufFile, arch: &str) -> Result<Value> {
         }
     }
     Ok(cfg)
+}
+
+/// GGUF stores these floats as f32: `1e-5`, not `9.999999747378752e-6`.
+fn f32_shortest(x: f64) -> f64 {
+    (x as f32).to_string().parse().unwrap_or(x)
 }
 
 /// `tokenizer.json`, `tokenizer_config.json` and `generation_config.json` from the tokenizer a

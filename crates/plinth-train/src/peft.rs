@@ -39,7 +39,7 @@ fn read_json(path: &Path) -> Result<Value> {
 /// rotary halves apart (`x[j]` pairs with `x[j + d/2]`); llama.cpp interleaves them (`x[2j]`
 /// pairs with `x[2j + 1]`), so GGUF row `2j + s` is Hugging Face row `s * d/2 + j`.
 pub fn gguf_qk_permutation(rows: usize, heads: usize) -> Result<Vec<u32>> {
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return Err(Error::invalid("q/k permutation", format!("{rows} rows do not split into {heads} heads of an even size")));
     }
     let d = rows / heads;
