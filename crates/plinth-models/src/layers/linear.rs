@@ -44,6 +44,8 @@ pub struct QLinear {
     /// Served adapters by slot (slot `i` is `slots[i]`), chosen per batch row through
     /// [`RowAdapters`].
     slots: RwLock<Vec<Option<Lora>>>,
+    /// A quantized weight dequantized once for autodiff (training), kept for the next pass.
+    f32_for_grad: std::sync::OnceLock<Tensor>,
 }
 
 thread_local! {
@@ -71,12 +73,12 @@ impl Drop for RowAdapters {
 impl QLinear {
     pub fn from_qtensor(w: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
         let params = w.shape().elem_count() + bias.as_ref().map_or(0, |b| b.elem_count());
-        Ok(QLinear { w: QMatMul::from_arc(w)?, bias, params, lora: RwLock::new(None), slots: RwLock::new(Vec::new()) })
+        Ok(QLinear { w: QMatMul::from_arc(w)?, bias, params, lora: RwLock::new(None), slots: RwLock::new(Vec::new()), f32_for_grad: std::sync::OnceLock::new() })
     }
 
     pub fn from_tensor(w: Tensor, bias: Option<Tensor>) -> Self {
         let params = w.elem_count() + bias.as_ref().map_or(0, |b| b.elem_count());
-        QLinear { w: QMatMul::Tensor(w), bias, params, lora: RwLock::new(None), slots: RwLock::new(Vec::new()) }
+        QLinear { w: QMatMul::Tensor(w), bias, params, lora: RwLock::new(None), slots: RwLock::new(Vec::new()), f32_for_grad: std::sync::OnceLock::new() }
     }
 }
 
@@ -141,6 +143,39 @@ impl QLinear {
     }
 }
 
+/// `x W^T` for a frozen `W` under autodiff. candle's matmul backward always computes the
+/// gradient of both operands; for a frozen base weight that is as much work again as the
+/// forward product, thrown away. This op's backward returns only `dL/dx = dL/dy W`.
+fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(FrozenMatMul { w: w.clone() })?)
+}
+
+struct FrozenMatMul {
+    /// `[out, in]`.
+    w: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatMul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(v) = s else {
+            candle_core::bail!("frozen-matmul: f32 input expected");
+        };
+        let (a, b) = l.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op: "frozen-matmul" })?;
+        let x = Tensor::from_slice(&v[a..b], l.shape(), &candle_core::Device::Cpu)?;
+        let y = x.broadcast_matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        Ok((candle_core::CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.broadcast_matmul(&self.w)?))
+    }
+}
+
 impl Lora {
     /// `scale * (x A^T) B^T`.
     fn delta(&self, x: &Tensor) -> Result<Tensor> {
@@ -181,9 +216,21 @@ impl Linear for QLinear {
         let y = match &self.w {
             // Under autodiff the quantized kernel (no backward pass) would silently cut the
             // graph; the dequantized weight is an ordinary matmul that carries gradients to x.
-            QMatMul::QTensor(q) if rows >= DEQUANT_MIN_ROWS || x.track_op() => {
-                QMatMul::Tensor(q.dequantize(&x.device().clone())?).forward(x)?
+            // Training runs many passes over the same weights: dequantize once and keep it
+            // (the f32 copy exists only in a process that trains).
+            QMatMul::QTensor(q) if x.track_op() => {
+                let w = match self.f32_for_grad.get() {
+                    Some(w) => w.clone(),
+                    None => {
+                        let w = q.dequantize(&x.device().clone())?;
+                        let _ = self.f32_for_grad.set(w.clone());
+                        w
+                    }
+                };
+                frozen_matmul(x, &w)?
             }
+            QMatMul::Tensor(w) if x.track_op() => frozen_matmul(x, w)?,
+            QMatMul::QTensor(q) if rows >= DEQUANT_MIN_ROWS => QMatMul::Tensor(q.dequantize(&x.device().clone())?).forward(x)?,
             w => w.forward(x)?,
         };
         let y = match &self.bias {
