@@ -1,7 +1,9 @@
 //! Command-line grammar (clap derive). Every flag has a help text; server-style flags have
 //! environment-variable equivalents.
 
-use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,6 +54,19 @@ pub enum Command {
     Answer(AnswerArgs),
     /// Rank documents by relevance to a query with a cross-encoder.
     Rerank(RerankArgs),
+    /// Fine-tune a LoRA adapter on a decoder (GGUF weights stay quantized) and write it as a
+    /// Hugging Face PEFT adapter, with checkpoints, metrics and a loss plot.
+    ///
+    /// Data: JSON lines of chat conversations ({"messages": [...]}, loss on the assistant
+    /// turns), prompt/completion pairs (loss on the completion) or {"text": ...}; any other
+    /// file is plain text for continued pre-training. A killed run continues with --resume.
+    Tune(TuneArgs),
+    /// Evaluate a model, optionally with a LoRA adapter: perplexity of a text file, or
+    /// answer accuracy and reference loss on held-out records.
+    Eval(EvalArgs),
+    /// Merge a LoRA adapter into its base model and write a standalone safetensors model
+    /// directory.
+    Merge(MergeArgs),
 }
 
 /// The model of an encoder command.
@@ -388,4 +403,131 @@ pub struct ServeArgs {
     /// batching, for ~45 MB more memory and slightly less accuracy (see `--help` of generate).
     #[arg(long, env = "PLINTH_REPACK_Q8", value_parser = clap::builder::BoolishValueParser::new())]
     pub repack_q8: bool,
+}
+
+/// LoRA training flags (`plinth tune`).
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Training data: a .jsonl file of {"messages": [...]}, {"prompt", "completion"} or
+    /// {"text"} records, or any other file as plain text.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// Held-out data (same formats): its mean loss is measured before training, every
+    /// --save-every steps and at the end (written to DIR/eval.jsonl and plotted).
+    #[arg(long, value_name = "FILE")]
+    pub eval: Option<PathBuf>,
+    /// Output directory: the adapter (adapter_config.json, adapter_model.safetensors),
+    /// checkpoint/, metrics.jsonl, eval.jsonl and loss.png.
+    #[arg(short, long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// LoRA alpha; adapters are scaled by alpha / rank.
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// LoRA dropout. Only 0 is supported so far (training runs without dropout).
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Linear layers that get an adapter, by module-name suffix (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
+    pub target_modules: Vec<String>,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (when fewer than --epochs would take).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (the effective batch is --batch-size x --grad-accum).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate (AdamW), reached after --warmup steps, then cosine decay to 0.
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Steps of linear learning-rate warm-up from 0.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value (0 disables clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Random seed of the adapter initialisation and the data order.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Longest example in tokens; longer ones are cut (and counted in the data report).
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    /// Concatenate examples into --max-len windows instead of one example per sequence.
+    #[arg(long)]
+    pub pack: bool,
+    /// Write a checkpoint (and measure the --eval loss) every N steps; 0: only at the end.
+    #[arg(long, default_value_t = 50)]
+    pub save_every: usize,
+    /// Continue the run in --out from its last checkpoint (same data and settings).
+    #[arg(long)]
+    pub resume: bool,
+    /// Print one JSON object at the end instead of progress and a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `plinth eval` flags.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("input").required(true).args(["data", "perplexity"])))]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// A PEFT LoRA adapter directory to apply to the model.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Held-out records (.jsonl of {"messages": [...]} whose last message is the reference
+    /// answer, or {"prompt", "completion"}): greedy answers are scored by exact and
+    /// normalized match, and the reference answer by its teacher-forced loss.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// A text file: perplexity over non-overlapping --ctx token windows, scored on the
+    /// second half of each (as llama.cpp's llama-perplexity).
+    #[arg(long, value_name = "FILE")]
+    pub perplexity: Option<PathBuf>,
+    /// Evaluate both the base model and the base with --adapter, and show the change.
+    #[arg(long, requires = "adapter")]
+    pub compare: bool,
+    /// Tokens per perplexity window.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Evaluate at most this many perplexity windows.
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Longest generated answer per record (default: the reference's tokens + 16).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `plinth merge` flags.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The base model the adapter was trained on: a Hugging Face model directory, a GGUF
+    /// file of the Llama family (llama, qwen2, qwen3), a known name or `org/name`.
+    #[arg(short, long, env = "PLINTH_MODEL", default_value = plinth_io::catalog::DEFAULT_LLM)]
+    pub model: String,
+    /// The PEFT LoRA adapter directory to merge.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: PathBuf,
+    /// Where to write the merged model (config.json, model.safetensors with f32 weights,
+    /// tokenizer and generation files); must not exist yet, or be empty.
+    #[arg(short, long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod cmd;
 mod load;
+mod plot;
 
 use clap::Parser;
 

@@ -10,6 +10,7 @@
 use candle_core::Tensor;
 use plinth_core::{Error, Result};
 use plinth_engine::{FinishReason, GenerateRequest, SamplingParams, Session};
+use plinth_models::layers::linear::DEQUANT_MIN_ROWS;
 use plinth_models::{Decoder, KvCache};
 use plinth_tokenize::{Message, Tokenizer};
 use serde::Serialize;
@@ -32,6 +33,9 @@ pub struct PerplexityProgress {
     pub ppl: f64,
 }
 
+/// The progress callback of [`perplexity`].
+pub type PerplexityCallback<'a> = Box<dyn FnMut(&PerplexityProgress) + 'a>;
+
 /// How [`perplexity`] runs.
 pub struct PerplexityOptions<'a> {
     /// Tokens per chunk (llama.cpp's `-c`, default 512). At least 3, at most the model's
@@ -44,7 +48,7 @@ pub struct PerplexityOptions<'a> {
     /// Evaluate at most this many chunks (llama.cpp's `--chunks`); `None` for all.
     pub max_chunks: Option<usize>,
     /// Called after each chunk.
-    pub progress: Option<Box<dyn FnMut(&PerplexityProgress) + 'a>>,
+    pub progress: Option<PerplexityCallback<'a>>,
 }
 
 impl Default for PerplexityOptions<'_> {
@@ -124,8 +128,12 @@ pub fn perplexity_tokens(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> 
 ///   `ppl_stderr` is the "+/-" of llama.cpp's "Final estimate".
 ///
 /// The log-softmax of each scored row is computed in f64 (llama.cpp: f32 max, f64 sum of
-/// f32 `expf`), from the model's f32 logits. Running a chunk in pieces of at most 512 tokens
-/// through the KV cache is equivalent to llama.cpp's `n_batch` splitting.
+/// f32 `expf`), from the model's f32 logits. A chunk runs as plinth's prompt path runs it
+/// (weights dequantized for calls of 32 rows or more; llama.cpp instead quantizes activations
+/// to 8 bits, ~1 % apart in perplexity on SmolLM2 Q4_1), in pieces of at most 512 tokens
+/// through the KV cache, which is equivalent to llama.cpp's `n_batch` splitting. Logits are
+/// computed for the scored positions only (plus, in chunks under 64 tokens, the few before
+/// them that keep a forward call at 32 rows).
 pub fn perplexity(model: &dyn Decoder, ids: &[u32], mut opts: PerplexityOptions) -> Result<PerplexityReport> {
     let ctx = opts.ctx;
     let window = model.info().context_length;
@@ -158,9 +166,7 @@ pub fn perplexity(model: &dyn Decoder, ids: &[u32], mut opts: PerplexityOptions)
             input[0] = bos;
         }
         cache.reset();
-        run(model, &mut cache, &input[..first], false)?;
-        let logits = run(model, &mut cache, &input[first..], true)?.expect("all logits were asked for");
-        for nll in token_nlls(&logits, &chunk[first + 1..])? {
+        for nll in scored_nlls(model, &mut cache, &input, first, &chunk[first + 1..])? {
             sum += nll;
             sum2 += nll * nll;
         }
@@ -177,17 +183,43 @@ pub fn perplexity(model: &dyn Decoder, ids: &[u32], mut opts: PerplexityOptions)
     Ok(PerplexityReport { ctx, tokens: ids.len(), chunks, tokens_scored: count, nll_mean, ppl, ppl_stderr })
 }
 
-/// Runs `ids` after what `cache` holds, in pieces of [`BATCH`]; with `all`, returns the logits
-/// of every position (`[ids.len(), vocab]`).
-fn run(model: &dyn Decoder, cache: &mut KvCache, ids: &[u32], all: bool) -> Result<Option<Tensor>> {
-    let mut rows = Vec::new();
-    for piece in ids.chunks(BATCH) {
-        let out = model.forward(piece, cache, all)?;
-        if all {
-            rows.push(out);
-        }
+/// `-log p(targets[k] | ids[..=from + k])` for each position `from + k` of `ids`
+/// (`targets.len() == ids.len() - from`), running `ids` from the empty `cache`.
+///
+/// Gives the numbers one forward pass over all of `ids` would give: the positions before the
+/// scored ones run without logits, but every forward call gets at least
+/// [`DEQUANT_MIN_ROWS`] rows where the input has them (a quantized model's matmuls switch to
+/// 8-bit activations below that). Calls are equal pieces of at most [`BATCH`] rows, so at most
+/// `BATCH` rows of logits exist at a time.
+fn scored_nlls(model: &dyn Decoder, cache: &mut KvCache, ids: &[u32], from: usize, targets: &[u32]) -> Result<Vec<f64>> {
+    let len = ids.len();
+    if targets.len() != len - from {
+        return Err(Error::invalid("scoring", format!("{} targets for {} positions", targets.len(), len - from)));
     }
-    Ok(if all && !rows.is_empty() { Some(Tensor::cat(&rows, 0)?) } else { None })
+    let mut split = from.min(len.saturating_sub(DEQUANT_MIN_ROWS));
+    if split < DEQUANT_MIN_ROWS {
+        split = 0;
+    }
+    for piece in pieces(&ids[..split]) {
+        model.forward(piece, cache, false)?;
+    }
+    let mut out = Vec::with_capacity(targets.len());
+    let mut pos = split;
+    for piece in pieces(&ids[split..]) {
+        let logits = model.forward(piece, cache, true)?;
+        let (start, end) = (pos.max(from), pos + piece.len());
+        if end > start {
+            out.extend(token_nlls(&logits.narrow(0, start - pos, end - start)?, &targets[start - from..end - from])?);
+        }
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// `ids` in equal pieces of at most [`BATCH`] tokens.
+fn pieces(ids: &[u32]) -> std::slice::Chunks<'_, u32> {
+    let n = ids.len().div_ceil(BATCH).max(1);
+    ids.chunks(ids.len().div_ceil(n).max(1))
 }
 
 /// `-log softmax(logits[i])[targets[i]]` in f64, for each row `i` of `logits` (`[n, vocab]`).
@@ -223,20 +255,18 @@ pub enum Example {
     Prompt { prompt: String, completion: String },
 }
 
+/// The progress callback of [`evaluate_examples`]: (examples done, total, the latest result).
+pub type EvalCallback<'a> = Box<dyn FnMut(usize, usize, &ExampleResult) + 'a>;
+
 /// How [`evaluate_examples`] runs.
+#[derive(Default)]
 pub struct EvalOptions<'a> {
     /// Generation limit per example; `None` for the example's reference tokens + 16.
     pub max_tokens: Option<usize>,
     /// Stop strings ending generation besides EOS (none by default).
     pub stop: Vec<String>,
-    /// Called after each example with (examples done, total, its result).
-    pub progress: Option<Box<dyn FnMut(usize, usize, &ExampleResult) + 'a>>,
-}
-
-impl Default for EvalOptions<'_> {
-    fn default() -> Self {
-        EvalOptions { max_tokens: None, stop: Vec::new(), progress: None }
-    }
+    /// Called after each example.
+    pub progress: Option<EvalCallback<'a>>,
 }
 
 impl std::fmt::Debug for EvalOptions<'_> {
@@ -372,13 +402,9 @@ fn prepare(tok: &Tokenizer, template: &mut Option<plinth_tokenize::ChatTemplate>
 
 /// Per-token NLL of `target` following `prompt`, teacher-forced, from an empty cache.
 fn continuation_nll(model: &dyn Decoder, prompt: &[u32], target: &[u32]) -> Result<Vec<f64>> {
-    let mut cache = model.new_cache();
-    let p = prompt.len();
-    run(model, &mut cache, &prompt[..p - 1], false)?;
-    let mut tail = vec![prompt[p - 1]];
-    tail.extend_from_slice(&target[..target.len() - 1]);
-    let logits = run(model, &mut cache, &tail, true)?.expect("all logits were asked for");
-    token_nlls(&logits, target)
+    let mut ids = prompt.to_vec();
+    ids.extend_from_slice(&target[..target.len() - 1]);
+    scored_nlls(model, &mut model.new_cache(), &ids, prompt.len() - 1, target)
 }
 
 /// Answers `examples` greedily and scores them against their references.
@@ -475,7 +501,17 @@ pub fn evaluate_examples(model: &dyn Decoder, tokenizer: &Tokenizer, examples: &
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_answer;
+    use super::{normalize_answer, pieces};
+
+    #[test]
+    fn pieces_are_equal_and_at_most_a_batch() {
+        let len = |n: usize| pieces(&vec![0; n]).map(<[u32]>::len).collect::<Vec<_>>();
+        assert_eq!(len(0), Vec::<usize>::new());
+        assert_eq!(len(5), [5]);
+        assert_eq!(len(512), [512]);
+        assert_eq!(len(530), [265, 265]);
+        assert_eq!(len(1025), [342, 342, 341]);
+    }
 
     #[test]
     fn normalization_drops_case_punctuation_and_extra_space() {

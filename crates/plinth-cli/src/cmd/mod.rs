@@ -3,11 +3,14 @@
 mod bench;
 mod chat;
 mod embed;
+mod eval;
 mod generate;
 mod heads;
 mod inspect;
+mod merge;
 mod pull;
 mod serve;
+mod tune;
 
 use anyhow::Result;
 use plinth_engine::SamplingParams;
@@ -30,6 +33,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ner(a) => heads::run_ner(a),
         Command::Answer(a) => heads::run_answer(a),
         Command::Rerank(a) => heads::run_rerank(a),
+        Command::Tune(a) => tune::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Merge(a) => merge::run(a),
     }
 }
 

@@ -45,6 +45,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         cors: a.cors,
         max_body_bytes: a.max_body_bytes,
         engine: EngineConfig { max_running: a.max_running, max_queue: a.max_queue, ..EngineConfig::default() },
+        adapters: Vec::new(),
     };
     let (mut models, mut encoders) = (Vec::new(), Vec::new());
     for (spec, name) in specs.into_iter().zip(names) {
