@@ -396,6 +396,12 @@ pub struct ServeArgs {
     /// Requests that may wait per model before new ones get 429.
     #[arg(long, env = "PLINTH_MAX_QUEUE", default_value_t = 256)]
     pub max_queue: usize,
+    /// Serve a LoRA adapter (a PEFT directory, e.g. from `plinth tune`) on the first
+    /// generation model under NAME: requests with "model": NAME use it, and one batch may mix
+    /// adapters. Repeatable; in the environment variable, comma-separated. With --api-key,
+    /// adapters can also be loaded and unloaded at run time (POST/DELETE /v1/adapters).
+    #[arg(long = "adapter", env = "PLINTH_ADAPTER", value_delimiter = ',', value_name = "NAME=DIR")]
+    pub adapters: Vec<String>,
     /// Quantize safetensors models' linear weights while loading (q8_0, q4_0, q4_k, ...).
     #[arg(long, env = "PLINTH_QUANTIZE")]
     pub quantize: Option<String>,

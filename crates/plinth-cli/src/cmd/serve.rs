@@ -24,6 +24,18 @@ fn default_name(spec: &str) -> String {
     plinth_io::catalog::lookup(spec).map_or_else(|| spec.to_string(), |e| e.name.to_string())
 }
 
+/// `NAME=DIR` pairs of `--adapter`.
+fn parse_adapters(specs: &[String]) -> Result<Vec<(String, std::path::PathBuf)>> {
+    specs
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| match s.split_once('=') {
+            Some((name, dir)) if !name.trim().is_empty() && !dir.trim().is_empty() => Ok((name.trim().to_string(), std::path::PathBuf::from(dir.trim()))),
+            _ => anyhow::bail!("invalid --adapter '{s}': expected NAME=DIR (the name requests use, and a PEFT adapter directory)"),
+        })
+        .collect()
+}
+
 pub fn run(a: ServeArgs) -> Result<()> {
     // A trailing comma in PLINTH_MODEL should not read as a model called "".
     let specs: Vec<&String> = a.models.iter().filter(|m| !m.trim().is_empty()).collect();
@@ -45,7 +57,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         cors: a.cors,
         max_body_bytes: a.max_body_bytes,
         engine: EngineConfig { max_running: a.max_running, max_queue: a.max_queue, ..EngineConfig::default() },
-        adapters: Vec::new(),
+        adapters: parse_adapters(&a.adapters)?,
     };
     let (mut models, mut encoders) = (Vec::new(), Vec::new());
     for (spec, name) in specs.into_iter().zip(names) {

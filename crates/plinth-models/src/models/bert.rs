@@ -10,6 +10,10 @@
 //! and the task heads (sequence / token classification, extractive question answering); and
 //! the config, batch-check and label helpers that `modernbert.rs` shares.
 //!
+//! A sequence-classification config with `"plinth_pooling"` (`mean` / `cls`, optionally
+//! `"plinth_normalize": true`) is plinth's linear probe (`plinth-train`'s `classify`): its
+//! `classifier` reads that sentence embedding instead of BERT's pooler (`Head::Probe`).
+//!
 //! The batch runs as one `[batch * seq, hidden]` matrix through every projection; attention
 //! is one batched matmul over `[batch * heads, seq, seq]`. q, k and v are fused into one
 //! `[3 hidden, hidden]` projection at load time, with the `1/sqrt(head_dim)` score scale
@@ -409,6 +413,28 @@ pub(crate) enum Head {
     Sequence { pre: Option<(QLinear, Activation)>, out: QLinear, on_pooler: bool },
     /// A linear layer on every token: token classification and question answering (2 outputs).
     PerToken(QLinear),
+    /// plinth's linear probe (`plinth tune --task classify`): `classifier` on the
+    /// sentence-transformers embedding instead of the pooler, as config `"plinth_pooling"`
+    /// says: `"mean"` (mean of the real tokens) or `"cls"` (first token), L2-normalised when
+    /// `"plinth_normalize"` is true.
+    Probe { out: QLinear, mean: bool, normalize: bool },
+}
+
+/// The probe pooling a config asks for (`"plinth_pooling"`, `"plinth_normalize"`):
+/// `Some((mean, normalize))`, `None` when absent.
+fn probe_pooling(json: &serde_json::Value, path: &Path) -> Result<Option<(bool, bool)>> {
+    let c = ConfigReader { json, path };
+    let mean = match c.str("plinth_pooling")? {
+        None => return Ok(None),
+        Some("mean") => true,
+        Some("cls") => false,
+        Some(other) => return Err(Error::unsupported(path, format!("plinth_pooling '{other}' (mean or cls)"))),
+    };
+    let normalize = match c.get("plinth_normalize") {
+        None => false,
+        Some(v) => v.as_bool().ok_or_else(|| Error::format(path, "config field 'plinth_normalize' is not a boolean"))?,
+    };
+    Ok(Some((mean, normalize)))
 }
 
 impl Head {
@@ -416,7 +442,7 @@ impl Head {
         match self {
             Head::None => 0,
             Head::Sequence { pre, out, .. } => pre.as_ref().map_or(0, |(l, _)| l.params()) + out.params(),
-            Head::PerToken(l) => l.params(),
+            Head::PerToken(l) | Head::Probe { out: l, .. } => l.params(),
         }
     }
 }
@@ -521,6 +547,17 @@ impl Encoder for BertEncoder {
                 };
                 Some(out.forward(&v)?)
             }
+            Head::Probe { out, mean, normalize } => {
+                let v = if *mean {
+                    let m = batch.mask.to_dtype(DType::F32)?.reshape((b, t, 1))?;
+                    let n = m.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+                    hidden.broadcast_mul(&m)?.sum(1)?.broadcast_div(&n)?
+                } else {
+                    first
+                };
+                let v = if *normalize { v.broadcast_div(&v.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?)? } else { v };
+                Some(out.forward(&v)?)
+            }
             Head::PerToken(l) => {
                 let y = l.forward(&x)?;
                 let n = y.dim(1)?;
@@ -547,9 +584,22 @@ pub(crate) fn body_prefix(w: &Weights, base: &str, probe: &str, head: EncoderHea
 }
 
 /// The task head named by `architectures[0]`, for BERT-family tensor names.
-fn bert_head(json: &serde_json::Value, path: &Path, w: &Weights, kind: EncoderHead, h: usize, roberta: bool) -> Result<(Head, Vec<String>)> {
+fn bert_head(
+    json: &serde_json::Value,
+    path: &Path,
+    w: &Weights,
+    kind: EncoderHead,
+    h: usize,
+    roberta: bool,
+    probe: Option<(bool, bool)>,
+) -> Result<(Head, Vec<String>)> {
     Ok(match kind {
         EncoderHead::None => (Head::None, Vec::new()),
+        EncoderHead::SequenceClassification if probe.is_some() => {
+            let (mean, normalize) = probe.unwrap_or_default();
+            let labels = head_labels(json, path, w, "classifier.weight")?;
+            (Head::Probe { out: w.linear("classifier", labels.len(), h)?, mean, normalize }, labels)
+        }
         EncoderHead::SequenceClassification if roberta => {
             // RoBERTa's head has its own dense + tanh on the first token instead of a pooler.
             let labels = head_labels(json, path, w, "classifier.out_proj.weight")?;
@@ -592,8 +642,9 @@ pub fn load_hf(json: &serde_json::Value, path: &Path, w: &Weights, model_type: &
     // BERT's sequence classifier reads the pooler, so there it is required; elsewhere it is
     // computed when the checkpoint has one (RoBERTa heads and QA / token heads drop it).
     let pooler_name = format!("{root}pooler.dense");
-    let needs_pooler = kind == EncoderHead::SequenceClassification && !roberta;
+    let probe = probe_pooling(json, path)?.filter(|_| kind == EncoderHead::SequenceClassification);
+    let needs_pooler = kind == EncoderHead::SequenceClassification && !roberta && probe.is_none();
     let pooler = if needs_pooler || w.contains(&format!("{pooler_name}.weight")) { Some(w.linear(&pooler_name, h, h)?) } else { None };
-    let (head, labels) = bert_head(json, path, w, kind, h, roberta)?;
+    let (head, labels) = bert_head(json, path, w, kind, h, roberta, probe)?;
     Ok(Box::new(BertEncoder::assemble(model_type, json, d, embeddings, layers, pooler, kind, head, labels)))
 }
