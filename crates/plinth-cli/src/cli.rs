@@ -416,6 +416,12 @@ pub struct ServeArgs {
 pub struct TuneArgs {
     #[command(flatten)]
     pub model: ModelArg,
+    /// What to train: `lm`, a LoRA adapter on a decoder (chat, prompt/completion or text
+    /// data); or `classify`, a classification head on a frozen encoder (`--model
+    /// all-minilm-l6-v2`, data as CSV/TSV with `text` and `label` columns or JSONL
+    /// `{"text","label"}`), which `plinth classify --model OUT` then uses.
+    #[arg(long, default_value = "lm", value_parser = ["lm", "classify"])]
+    pub task: String,
     /// Training data: a .jsonl file of {"messages": [...]}, {"prompt", "completion"} or
     /// {"text"} records, or any other file as plain text.
     #[arg(long, value_name = "FILE")]
@@ -440,21 +446,22 @@ pub struct TuneArgs {
     /// Linear layers that get an adapter, by module-name suffix (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
     pub target_modules: Vec<String>,
-    /// Passes over the training data.
-    #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
+    /// Passes over the training data (default: 1 for lm, 100 for classify).
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Stop after this many optimizer steps (when fewer than --epochs would take).
     #[arg(long)]
     pub max_steps: Option<usize>,
-    /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 4)]
-    pub batch_size: usize,
+    /// Sequences per micro-batch (default: 4 for lm; examples per step, 16, for classify).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Micro-batches per optimizer step (the effective batch is --batch-size x --grad-accum).
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
-    /// Peak learning rate (AdamW), reached after --warmup steps, then cosine decay to 0.
-    #[arg(long, default_value_t = 2e-4)]
-    pub lr: f64,
+    /// Peak learning rate (AdamW), reached after --warmup steps, then cosine decay to 0
+    /// (default: 2e-4 for lm, 1e-2 constant for classify).
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Steps of linear learning-rate warm-up from 0.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,

@@ -271,3 +271,46 @@ fn merge_writes_a_loadable_model_directory() {
     // An existing, non-empty --out is refused.
     fails(&["merge", "--model", &s(&fixture("tiny-llama")), "--adapter", &s(&fixture("tiny-llama-lora")), "--out", &s(&out)], &["--out", "already exists"]);
 }
+
+/// `tune --task classify`: a head on the frozen all-MiniLM-L6-v2 from a CSV, then `classify`
+/// with the written directory.
+#[test]
+fn tune_classify_head_then_classify() {
+    let dir = std::env::temp_dir().join(format!("plinth-tune-cls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pos = ["a wonderful film", "the food was lovely", "great service, friendly staff", "an excellent, charming book", "I loved the concert", "brilliant and delightful"];
+    let neg = ["a terrible film", "the food was awful", "rude service, dirty room", "a boring, dreadful book", "I hated the concert", "broken and disappointing"];
+    let mut csv = String::from("text,label\n");
+    for (p, n) in pos.iter().zip(&neg) {
+        csv += &format!("\"{p}\",positive\n\"{n}\",negative\n");
+    }
+    std::fs::write(dir.join("train.csv"), csv).unwrap();
+    let out = dir.join("head");
+    let minilm = plinth_testutil::minilm_dir();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_plinth"))
+        .args(["tune", "--task", "classify", "--model"])
+        .arg(&minilm)
+        .args(["--data"])
+        .arg(dir.join("train.csv"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(o.stdout.split(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
+    assert_eq!(report["labels"], serde_json::json!(["negative", "positive"]));
+    assert!(report["train_accuracy"].as_f64().unwrap() >= 0.99, "{report}");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_plinth"))
+        .args(["classify", "--json", "--model"])
+        .arg(&out)
+        .args(["What a delightful evening.", "The room was dirty and the staff were rude."])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["labels"][0]["label"], "positive");
+    assert_eq!(lines[1]["labels"][0]["label"], "negative");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -37,11 +37,11 @@ fn configs(a: &TuneArgs) -> Result<(LoraConfig, TrainConfig)> {
     let lora = LoraConfig { r: a.rank, alpha: a.alpha, dropout: 0.0, target_modules: targets };
     lora.validate()?;
     let cfg = TrainConfig {
-        epochs: a.epochs,
+        epochs: a.epochs.unwrap_or(1),
         max_steps: a.max_steps,
-        batch_size: a.batch_size,
+        batch_size: a.batch_size.unwrap_or(4),
         grad_accum: a.grad_accum,
-        lr: a.lr,
+        lr: a.lr.unwrap_or(2e-4),
         warmup_steps: a.warmup,
         weight_decay: a.weight_decay,
         max_grad_norm: a.max_grad_norm,
@@ -160,7 +160,58 @@ fn progress_bar(start: usize, total: usize) -> ProgressBar {
     bar
 }
 
+/// `--task classify`: a linear head on the frozen encoder's sentence embeddings.
+fn run_classify(a: &TuneArgs) -> Result<()> {
+    use plinth_train::classify::{tune_classifier, ClassifyConfig, ClassifyProgress};
+    let defaults = ClassifyConfig::default();
+    let cfg = ClassifyConfig {
+        epochs: a.epochs.unwrap_or(defaults.epochs),
+        batch_size: a.batch_size.unwrap_or(defaults.batch_size),
+        lr: a.lr.unwrap_or(defaults.lr),
+        weight_decay: if a.weight_decay > 0.0 { a.weight_decay } else { defaults.weight_decay },
+        seed: a.seed,
+        ..defaults
+    };
+    if a.resume {
+        anyhow::bail!("--resume applies to --task lm (a classification head trains in seconds; run it again)");
+    }
+    let base = match load::resolve(&a.model.model)? {
+        plinth_io::fetch::ModelLocation::Dir(d) => d,
+        plinth_io::fetch::ModelLocation::Gguf(p) => anyhow::bail!("--task classify needs an encoder directory (e.g. all-minilm-l6-v2), not the GGUF file {}", p.display()),
+    };
+    let bar = std::cell::RefCell::new(None::<ProgressBar>);
+    let quiet = a.json;
+    let report = tune_classifier(&base, &a.data, a.eval.as_deref(), &a.out, &cfg, &mut |p| match p {
+        ClassifyProgress::Embedding { done, total } => {
+            let mut b = bar.borrow_mut();
+            let b = b.get_or_insert_with(|| crate::cmd::embed::progress_bar(total, "embedding"));
+            b.set_position(done as u64);
+        }
+        ClassifyProgress::Epoch(e) if !quiet && (e.epoch == 1 || e.epoch % 10 == 0 || e.epoch == cfg.epochs) => {
+            if let Some(b) = bar.borrow_mut().take() {
+                b.finish_and_clear();
+            }
+            let held = e.eval_accuracy.map_or(String::new(), |acc| format!(", held-out accuracy {acc:.3}"));
+            eprintln!("epoch {}/{}: loss {:.4}, train accuracy {:.3}{held}", e.epoch, cfg.epochs, e.train_loss, e.train_accuracy);
+        }
+        ClassifyProgress::Epoch(_) => {}
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("wrote {} ({} labels: {})", a.out.display(), report.labels.len(), report.labels.join(", "));
+        if let (Some(before), Some(after)) = (report.baseline_eval_accuracy, report.eval_accuracy) {
+            println!("held-out accuracy {before:.3} (majority class) -> {after:.3}");
+        }
+        println!("train accuracy {:.3}; use it with: plinth classify --model {}", report.train_accuracy, a.out.display());
+    }
+    Ok(())
+}
+
 pub fn run(a: TuneArgs) -> Result<()> {
+    if a.task == "classify" {
+        return run_classify(&a);
+    }
     let t_start = Instant::now();
     let (lora, cfg) = configs(&a)?;
     let ckpt_step = checkpoint_step(&a.out);
