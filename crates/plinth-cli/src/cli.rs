@@ -440,7 +440,8 @@ pub struct TuneArgs {
     /// LoRA alpha; adapters are scaled by alpha / rank.
     #[arg(long, default_value_t = 16.0)]
     pub alpha: f64,
-    /// LoRA dropout. Only 0 is supported so far (training runs without dropout).
+    /// LoRA dropout on the adapter input while training (PEFT's lora_dropout); masks are
+    /// seeded from --seed, the step and the example, so a resumed run draws the same ones.
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
     /// Linear layers that get an adapter, by module-name suffix (comma-separated).

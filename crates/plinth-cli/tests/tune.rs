@@ -204,7 +204,7 @@ fn bad_input_is_one_error_line() {
     fails(&["tune", "--model", &m, "--data", &bad, "--out", &out], &["bad.jsonl", "line 2"]);
     let wrong = write(&dir, "wrong.jsonl", "{\"prompt\":\"a\",\"completion\":\"b\"}\n{\"question\":\"a\"}\n");
     fails(&["tune", "--model", &m, "--data", &wrong, "--out", &out], &["wrong.jsonl", "line 2"]);
-    fails(&["tune", "--model", &m, "--data", &data, "--out", &out, "--dropout", "0.1"], &["--dropout", "not supported"]);
+    fails(&["tune", "--model", &m, "--data", &data, "--out", &out, "--dropout", "1.5"], &["--dropout", "[0, 1)"]);
     fails(&["tune", "--model", &m, "--data", &data, "--out", &out, "--rank", "0"], &["--rank"]);
     fails(&["tune", "--model", &m, "--data", &data, "--out", &out, "--batch-size", "0"], &["--batch-size"]);
     fails(&["tune", "--model", &m, "--data", &data, "--out", &out, "--max-len", "1"], &["--max-len"]);

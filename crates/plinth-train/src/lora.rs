@@ -118,7 +118,7 @@ impl LoraSet {
         let layers = model.linear_layers();
         for e in &self.entries {
             let (_, lin) = layers.iter().find(|(n, _)| *n == e.name).ok_or_else(|| Error::invalid("adapter", format!("no layer '{}'", e.name)))?;
-            lin.set_lora(Some(plinth_models::layers::Lora { a: e.a.as_tensor().clone(), b: e.b.as_tensor().clone(), scale: self.config.scale() }))?;
+            lin.set_lora(Some(plinth_models::layers::Lora { a: e.a.as_tensor().clone(), b: e.b.as_tensor().clone(), scale: self.config.scale(), dropout: self.config.dropout as f32 }))?;
         }
         Ok(())
     }
@@ -129,7 +129,8 @@ impl LoraSet {
         let layers = model.linear_layers();
         for e in &self.entries {
             let (_, lin) = layers.iter().find(|(n, _)| *n == e.name).ok_or_else(|| Error::invalid("adapter", format!("no layer '{}'", e.name)))?;
-            lin.set_slot(slot, Some(plinth_models::layers::Lora { a: e.a.as_tensor().clone(), b: e.b.as_tensor().clone(), scale: self.config.scale() }))?;
+            // Serving never drops out (and copies are not variables).
+            lin.set_slot(slot, Some(plinth_models::layers::Lora { a: e.a.as_tensor().detach(), b: e.b.as_tensor().detach(), scale: self.config.scale(), dropout: 0.0 }))?;
         }
         Ok(())
     }

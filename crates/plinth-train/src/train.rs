@@ -181,6 +181,8 @@ pub fn train(model: &dyn Decoder, set: &LoraSet, examples: &[Example], cfg: &Tra
         for mb in &micro {
             let mut sum: Option<Tensor> = None;
             for &i in mb {
+                // Dropout masks depend on (seed, step, example) only: a resumed run draws the same.
+                plinth_models::layers::dropout_seed(cfg.seed.wrapping_mul(0x100_0000_01B3).wrapping_add((s as u64) << 32).wrapping_add(i as u64));
                 let (l, n) = sequence_loss_sum(model, &examples[i].ids, &examples[i].labels)?;
                 if n == 0 {
                     continue;

@@ -30,11 +30,8 @@ struct EvalPoint {
 
 /// The checks that need neither data nor model.
 fn configs(a: &TuneArgs) -> Result<(LoraConfig, TrainConfig)> {
-    if a.dropout != 0.0 {
-        anyhow::bail!("invalid --dropout {}: LoRA dropout is not supported yet (training runs without it); leave --dropout at 0", a.dropout);
-    }
     let targets: Vec<String> = a.target_modules.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
-    let lora = LoraConfig { r: a.rank, alpha: a.alpha, dropout: 0.0, target_modules: targets };
+    let lora = LoraConfig { r: a.rank, alpha: a.alpha, dropout: a.dropout, target_modules: targets };
     lora.validate()?;
     let cfg = TrainConfig {
         epochs: a.epochs.unwrap_or(1),
@@ -101,7 +98,7 @@ pub fn attach_for_inference(model: &dyn Decoder, set: &LoraSet) -> Result<()> {
     let layers = model.linear_layers();
     for e in &set.entries {
         let (_, lin) = layers.iter().find(|(n, _)| *n == e.name).with_context(|| format!("the model has no layer '{}'", e.name))?;
-        lin.set_lora(Some(plinth_models::layers::Lora { a: e.a.as_tensor().detach(), b: e.b.as_tensor().detach(), scale: set.config.scale() }))?;
+        lin.set_lora(Some(plinth_models::layers::Lora { a: e.a.as_tensor().detach(), b: e.b.as_tensor().detach(), scale: set.config.scale(), dropout: 0.0 }))?;
     }
     Ok(())
 }

@@ -32,6 +32,39 @@ pub struct Lora {
     pub a: Tensor,
     pub b: Tensor,
     pub scale: f64,
+    /// Dropout on the adapter's input while training (PEFT's `lora_dropout`): applied only
+    /// when `a` is a trainable variable, with masks drawn from [`dropout_seed`]'s stream.
+    pub dropout: f32,
+}
+
+thread_local! {
+    static DROPOUT_STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0x9E37_79B9_7F4A_7C15) };
+}
+
+/// Seeds this thread's dropout masks. The training loop seeds each sequence's pass from the
+/// run's seed, step and example, so masks (and results) are the same in a resumed run.
+pub fn dropout_seed(seed: u64) {
+    DROPOUT_STATE.with(|s| s.set(seed ^ 0x9E37_79B9_7F4A_7C15));
+}
+
+/// A `[.., n]` keep-mask scaled by `1 / (1 - p)` (inverted dropout), from a SplitMix64 stream.
+fn dropout_mask(shape: &candle_core::Shape, p: f32) -> Result<Tensor> {
+    let n = shape.elem_count();
+    let keep = 1.0 / (1.0 - p);
+    let threshold = (p as f64 * u32::MAX as f64) as u32;
+    let mut state = DROPOUT_STATE.with(|s| s.get());
+    let mask: Vec<f32> = (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            if ((z >> 32) as u32) < threshold { 0.0 } else { keep }
+        })
+        .collect();
+    DROPOUT_STATE.with(|s| s.set(state));
+    Ok(Tensor::from_vec(mask, shape.clone(), &candle_core::Device::Cpu)?)
 }
 
 /// A linear layer over a quantized or plain weight (candle's `QMatMul` covers both), with an
@@ -177,8 +210,9 @@ impl candle_core::CustomOp1 for FrozenMatMul {
 }
 
 impl Lora {
-    /// `scale * (x A^T) B^T`.
+    /// `scale * (dropout(x) A^T) B^T`.
     fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        let x = if self.dropout > 0.0 && self.a.is_variable() { (x * dropout_mask(x.shape(), self.dropout)?)? } else { x.clone() };
         Ok((x.broadcast_matmul(&self.a.t()?)?.broadcast_matmul(&self.b.t()?)? * self.scale)?)
     }
 }

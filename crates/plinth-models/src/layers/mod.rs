@@ -9,6 +9,6 @@ pub mod rope;
 
 pub use activation::Activation;
 pub use attention::{causal_mask, needs_mask, scaled_dot_product_attention, AttentionOptions, Masks};
-pub use linear::{Linear, Lora, QLinear, RowAdapters};
+pub use linear::{dropout_seed, Linear, Lora, QLinear, RowAdapters};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rope::{RopeScaling, RopeStyle, RotaryEmbedding};
