@@ -33,7 +33,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -47,6 +46,7 @@ use serde_json::{json, Value};
 
 use crate::merge::TOKENIZER_FILES;
 use crate::optim::{AdamW, AdamWConfig};
+use crate::staging::Staging;
 
 /// One labelled example: `(text, label)`.
 pub type Labelled = (String, String);
@@ -711,7 +711,7 @@ pub fn save_classifier(model: &EncoderModel, head: &LinearHead, out: &Path) -> R
     }
 
     let staging = Staging::new(out)?;
-    let dir = staging.tmp.clone();
+    let dir = staging.path().to_path_buf();
     let st = dir.join("model.safetensors");
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::tensor::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), &st)
@@ -733,63 +733,6 @@ pub fn save_classifier(model: &EncoderModel, head: &LinearHead, out: &Path) -> R
     Ok(files)
 }
 
-/// A hidden directory beside `out` that becomes `out` on [`commit`](Staging::commit) and is
-/// removed if dropped before.
-struct Staging {
-    tmp: PathBuf,
-    out: PathBuf,
-    committed: bool,
-}
-
-impl Staging {
-    fn new(out: &Path) -> Result<Self> {
-        if out.exists() {
-            let empty = out.is_dir() && std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
-            if !empty {
-                return Err(Error::invalid("output directory", format!("{} already exists (choose a new path, or remove it first)", out.display())));
-            }
-        }
-        let name = out.file_name().ok_or_else(|| Error::invalid("output directory", format!("'{}' does not name a directory", out.display())))?;
-        let parent = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        static SERIAL: AtomicU64 = AtomicU64::new(0);
-        let tmp = parent.join(format!(".{}.partial-{}-{}", name.to_string_lossy(), std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed)));
-        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(Staging { tmp, out: out.to_path_buf(), committed: false })
-    }
-
-    /// Flushes every file to disk and lists them, sorted.
-    fn finish(&self) -> Result<Vec<String>> {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(&self.tmp).map_err(|e| Error::io(&self.tmp, e))? {
-            let path = entry.map_err(|e| Error::io(&self.tmp, e))?.path();
-            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, e))?;
-            files.push(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        }
-        files.sort();
-        Ok(files)
-    }
-
-    fn commit(mut self) -> Result<()> {
-        if self.out.exists() {
-            std::fs::remove_dir(&self.out).map_err(|e| Error::io(&self.out, e))?;
-        }
-        std::fs::rename(&self.tmp, &self.out).map_err(|e| Error::io(&self.out, e))?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // All together

@@ -16,6 +16,7 @@ pub mod loss;
 pub mod merge;
 pub mod optim;
 pub mod peft;
+mod staging;
 pub mod train;
 
 pub use classify::{

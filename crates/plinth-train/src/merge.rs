@@ -21,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use plinth_core::{Error, Result};
@@ -36,6 +35,7 @@ use plinth_tokenize::Tokenizer;
 use serde_json::{json, Map, Value};
 
 use crate::peft::{self, QkLayout};
+use crate::staging::Staging;
 
 /// Tokenizer files copied from a Hugging Face base directory when present.
 pub const TOKENIZER_FILES: &[&str] = &[
@@ -172,7 +172,7 @@ fn write(
     }
     let bytes = std::fs::metadata(&st).map_err(|e| Error::io(&st, e))?.len();
     let files = staging.finish()?;
-    let out = staging.out.clone();
+    let out = staging.out().to_path_buf();
     staging.commit()?;
     Ok(MergeReport { out, tensors: n_tensors, merged, files, bytes, notes })
 }
@@ -402,72 +402,3 @@ fn write_gguf_tokenizer(g: &GgufFile, dir: &Path, context: u64) -> Result<()> {
     Ok(())
 }
 
-/// A hidden directory beside `out` that becomes `out` on [`commit`](Staging::commit) and is
-/// removed if dropped before.
-struct Staging {
-    tmp: PathBuf,
-    out: PathBuf,
-    committed: bool,
-}
-
-impl Staging {
-    fn new(out: &Path) -> Result<Self> {
-        if out.exists() {
-            let empty = out.is_dir() && std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
-            if !empty {
-                return Err(Error::invalid("output directory", format!("{} already exists (choose a new path, or remove it first)", out.display())));
-            }
-        }
-        let name = out
-            .file_name()
-            .ok_or_else(|| Error::invalid("output directory", format!("'{}' does not name a directory", out.display())))?;
-        let parent = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        static SERIAL: AtomicU64 = AtomicU64::new(0);
-        let tmp = parent.join(format!(
-            ".{}.partial-{}-{}",
-            name.to_string_lossy(),
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(Staging { tmp, out: out.to_path_buf(), committed: false })
-    }
-
-    fn path(&self) -> &Path {
-        &self.tmp
-    }
-
-    /// Flushes every file to disk and lists them, sorted.
-    fn finish(&self) -> Result<Vec<String>> {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(&self.tmp).map_err(|e| Error::io(&self.tmp, e))? {
-            let path = entry.map_err(|e| Error::io(&self.tmp, e))?.path();
-            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, e))?;
-            files.push(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        }
-        files.sort();
-        Ok(files)
-    }
-
-    fn commit(mut self) -> Result<()> {
-        if self.out.exists() {
-            // An empty directory (checked in `new`); rename cannot replace it on every platform.
-            std::fs::remove_dir(&self.out).map_err(|e| Error::io(&self.out, e))?;
-        }
-        std::fs::rename(&self.tmp, &self.out).map_err(|e| Error::io(&self.out, e))?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
-    }
-}
