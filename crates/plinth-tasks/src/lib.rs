@@ -5,6 +5,7 @@
 //! server. Post-processing follows the transformers pipelines and sentence-transformers, so
 //! results can be compared number for number.
 
+pub mod chunk;
 pub mod classify;
 pub mod embed;
 pub mod model;
