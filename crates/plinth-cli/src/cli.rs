@@ -54,6 +54,9 @@ pub enum Command {
     Answer(AnswerArgs),
     /// Rank documents by relevance to a query with a cross-encoder.
     Rerank(RerankArgs),
+    /// Summarize a text of any length with an instruct LLM (long inputs are split at
+    /// paragraph and sentence boundaries, summarized part by part, then together).
+    Summarize(SummarizeArgs),
     /// Fine-tune a LoRA adapter on a decoder (GGUF weights stay quantized) and write it as a
     /// Hugging Face PEFT adapter, with checkpoints, metrics and a loss plot.
     ///
@@ -542,6 +545,26 @@ pub struct MergeArgs {
     #[arg(short, long, value_name = "DIR")]
     pub out: PathBuf,
     /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SummarizeArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// The text file to summarize (`-` or none: stdin).
+    pub file: Option<String>,
+    /// Target length of the summary, in words.
+    #[arg(long, default_value_t = 80)]
+    pub words: usize,
+    /// `paragraph` or `bullet`.
+    #[arg(long, default_value = "paragraph")]
+    pub style: String,
+    /// Use at most this many tokens of the model's context per step (default: all of it).
+    #[arg(short = 'c', long)]
+    pub context: Option<usize>,
+    /// Print one JSON object (summary, input tokens, parts, rounds) instead of streaming.
     #[arg(long)]
     pub json: bool,
 }

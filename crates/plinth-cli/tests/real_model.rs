@@ -140,3 +140,26 @@ fn prompt_longer_than_the_context_is_an_error() {
     assert_ne!(code, 0);
     assert!(err.contains("prompt has") && err.contains("32 tokens"), "{err}");
 }
+
+/// `plinth summarize` on a file, streamed and as JSON, with a context small enough to need
+/// map-reduce; bad input is one error line.
+#[test]
+fn summarize_cli() {
+    let bin = env!("CARGO_BIN_EXE_plinth");
+    let gguf = plinth_testutil::smollm2_gguf();
+    let passage = plinth_testutil::fixture("smollm2/passage.txt");
+    let o = std::process::Command::new(bin)
+        .args(["summarize", "--model"])
+        .arg(&gguf)
+        .arg(&passage)
+        .args(["--words", "20", "--context", "256", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["parts"].as_u64().unwrap() >= 2 && v["rounds"].as_u64().unwrap() >= 2, "{v}");
+    assert!(!v["summary"].as_str().unwrap().is_empty());
+    let o = std::process::Command::new(bin).args(["summarize", "--model"]).arg(&gguf).args(["--style", "haiku"]).arg(&passage).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--style") && err.lines().count() == 1, "{err}");
+}

@@ -3,7 +3,8 @@
 //! cross-encoder reranking ([`classify`]), named-entity recognition ([`ner`]) and extractive
 //! question answering ([`qa`]); [`service`] batches concurrent embedding requests for the
 //! server. Post-processing follows the transformers pipelines and sentence-transformers, so
-//! results can be compared number for number.
+//! results can be compared number for number. Decoders: map-reduce summarization of any
+//! length of text ([`summarize`], on the token-budget splitter [`chunk`]).
 
 pub mod chunk;
 pub mod classify;
@@ -13,6 +14,7 @@ pub mod ner;
 pub mod qa;
 pub mod search;
 pub mod service;
+pub mod summarize;
 pub mod text;
 
 pub use classify::{ClassifyOptions, LabelScore, Ranked, RerankOptions, ScoreFunction};

@@ -10,6 +10,7 @@ mod inspect;
 mod merge;
 mod pull;
 mod serve;
+mod summarize;
 mod tune;
 
 use anyhow::Result;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ner(a) => heads::run_ner(a),
         Command::Answer(a) => heads::run_answer(a),
         Command::Rerank(a) => heads::run_rerank(a),
+        Command::Summarize(a) => summarize::run(a),
         Command::Tune(a) => tune::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Merge(a) => merge::run(a),

@@ -1,0 +1,143 @@
+//! Summarization with an instruct LLM, for any length of input: a document that does not fit
+//! the model's context (with room for the instructions and the answer) is split on token
+//! budgets at paragraph / sentence boundaries ([`crate::chunk`]), each part is summarized
+//! ("map"), and the partial summaries are summarized together ("reduce"), recursively if
+//! they still do not fit. Only the final summary is streamed.
+
+use plinth_core::{Error, Result};
+use plinth_engine::{GenerateRequest, SamplingParams, Session};
+use plinth_models::Decoder;
+use plinth_tokenize::{Message, Tokenizer};
+
+use crate::chunk::{split, Chunk};
+
+/// The shape of the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Paragraph,
+    Bullets,
+}
+
+impl Style {
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "paragraph" => Ok(Style::Paragraph),
+            "bullet" | "bullets" => Ok(Style::Bullets),
+            other => Err(Error::invalid("--style", format!("'{other}' (choose paragraph or bullet)"))),
+        }
+    }
+}
+
+/// How to summarize.
+#[derive(Debug, Clone)]
+pub struct SummarizeOptions {
+    /// Target length in words.
+    pub words: usize,
+    pub style: Style,
+    /// Use at most this many tokens of context (default: the model's).
+    pub context: Option<usize>,
+    pub sampling: SamplingParams,
+}
+
+impl Default for SummarizeOptions {
+    fn default() -> Self {
+        // Greedy, with a mild repetition penalty: small models otherwise loop on a phrase.
+        SummarizeOptions { words: 80, style: Style::Paragraph, context: None, sampling: SamplingParams { repeat_penalty: 1.2, ..SamplingParams::greedy() } }
+    }
+}
+
+/// What happened, for `--json` and tests.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SummaryReport {
+    pub summary: String,
+    /// Input tokens.
+    pub tokens: usize,
+    /// Parts summarized in the first (map) round: byte ranges of the input.
+    pub parts: Vec<(usize, usize)>,
+    /// Rounds of summarizing (1 when the document fit at once).
+    pub rounds: usize,
+}
+
+fn instruction(opts: &SummarizeOptions, partial: bool) -> String {
+    let shape = match opts.style {
+        Style::Paragraph => format!("in one short paragraph of at most {} words", opts.words),
+        Style::Bullets => format!("as a bulleted list (at most {} words in all)", opts.words),
+    };
+    if partial {
+        format!("Summarize the text above, a part of a longer document, {shape}. Do not copy it; keep only the key facts.")
+    } else {
+        format!("Summarize the text above {shape}. Do not copy it; keep only the key facts.")
+    }
+}
+
+/// Summarizes `text` with a chat model, calling `on_text` with the final summary as it is
+/// generated (`on_part(i, n)` after each part of a map round).
+pub fn summarize(
+    model: &dyn Decoder,
+    tok: &Tokenizer,
+    text: &str,
+    opts: &SummarizeOptions,
+    on_part: &mut dyn FnMut(usize, usize),
+    on_text: &mut dyn FnMut(&str),
+) -> Result<SummaryReport> {
+    let template = tok.chat().map_err(|e| Error::invalid("model", format!("summarizing needs an instruct model with a chat template ({e})")))?;
+    if text.trim().is_empty() {
+        return Err(Error::invalid("input", "the text to summarize is empty"));
+    }
+    if opts.words == 0 {
+        return Err(Error::invalid("--words", "must be at least 1"));
+    }
+    let context = opts.context.unwrap_or(model.info().context_length).min(model.info().context_length);
+    let answer_budget = (opts.words * 2 + 32).min(context / 4);
+    let overhead = {
+        let m = [Message::new("user", format!("Text:\n\n\n{}", instruction(opts, true)))];
+        tok.encode(&template.render(&m, true)?, false)?.len()
+    };
+    // A margin for tokens that merge differently at chunk boundaries.
+    let budget = context.checked_sub(answer_budget + overhead + 16).filter(|&b| b >= 32).ok_or_else(|| {
+        Error::invalid("--context", format!("{context} tokens leave no room for the text once the instructions and a {}-word answer are counted", opts.words))
+    })?;
+    // Partial summaries are kept to a third of a part, so that each reduce round fits about
+    // three of them per part and the rounds converge.
+    let partial_budget = answer_budget.min(budget / 3).max(16);
+    let count = |s: &str| tok.encode(s, false).map(|t| t.len()).unwrap_or(usize::MAX / 4);
+    let tokens = count(text);
+    let mut session = Session::new(model, tok).with_context_limit(Some(context));
+    let mut run = |body: &str, partial: bool, stream: &mut dyn FnMut(&str)| -> Result<String> {
+        // The instruction after the text: small models follow the last thing they read.
+        let messages = [Message::new("user", format!("Text:\n{body}\n\n{}", instruction(opts, partial)))];
+        let prompt_ids = tok.encode(&template.render(&messages, true)?, false)?;
+        let out = session.generate(
+            &GenerateRequest { prompt_ids, max_tokens: if partial { partial_budget } else { answer_budget }, sampling: opts.sampling.clone(), stop: Vec::new() },
+            &mut |t| {
+                stream(t);
+                true
+            },
+        )?;
+        Ok(out.text.trim().to_string())
+    };
+    let mut current = text.to_string();
+    let mut rounds = 0;
+    let mut first_parts: Vec<Chunk> = Vec::new();
+    loop {
+        rounds += 1;
+        let parts = split(&current, budget, &count);
+        if rounds == 1 {
+            first_parts = parts.clone();
+        }
+        if parts.len() <= 1 {
+            let summary = run(&current, false, on_text)?;
+            return Ok(SummaryReport { summary, tokens, parts: first_parts.iter().map(|c| (c.start, c.end)).collect(), rounds });
+        }
+        if rounds > 8 {
+            return Err(Error::invalid("--words", "the partial summaries do not get shorter; ask for fewer --words"));
+        }
+        let n = parts.len();
+        let mut partials = Vec::with_capacity(n);
+        for (i, p) in parts.iter().enumerate() {
+            partials.push(run(&p.text, true, &mut |_| {})?);
+            on_part(i + 1, n);
+        }
+        current = partials.join("\n\n");
+    }
+}
