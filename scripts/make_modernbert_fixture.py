@@ -36,7 +36,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+
+from make_encoder_fixtures import save_safetensors  # noqa: E402  (sorted-header writer, one copy)
 
 INPUTS = [
     ["The quick brown fox jumps over the lazy dog near the river bank.", None],
@@ -75,18 +76,6 @@ MODELS = {
     ),
     "tiny-modernbert-qa": ("ModernBertForQuestionAnswering", dict(num_labels=2)),
 }
-
-
-def save_safetensors(tensors: dict, path: Path, metadata: dict) -> None:
-    """save_file with the JSON header's keys sorted, so reruns give identical bytes."""
-    save_file(tensors, str(path), metadata=metadata)
-    raw = bytearray(path.read_bytes())
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
-    new = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    assert len(new) <= n, (len(new), n)
-    raw[8:8 + n] = new + b" " * (n - len(new))
-    path.write_bytes(bytes(raw))
 
 
 def encode(tok) -> dict[str, torch.Tensor]:
