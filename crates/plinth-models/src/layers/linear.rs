@@ -220,10 +220,11 @@ impl Lora {
 impl QLinear {
     /// Adds each row's served adapter (see [`RowAdapters`]); rows without one are untouched.
     fn add_served(&self, x: &Tensor, mut y: Tensor) -> Result<Tensor> {
-        let rows = ROW_ADAPTERS.with(|r| r.borrow().clone());
-        if rows.iter().all(Option::is_none) {
+        // The common case (no served adapter in this batch) stays allocation-free.
+        if ROW_ADAPTERS.with(|r| r.borrow().iter().all(Option::is_none)) {
             return Ok(y);
         }
+        let rows = ROW_ADAPTERS.with(|r| r.borrow().clone());
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
         let b = x.dim(0)?;
         let mut ids: Vec<usize> = rows.iter().flatten().copied().collect();
