@@ -57,6 +57,10 @@ pub enum Command {
     /// Summarize a text of any length with an instruct LLM (long inputs are split at
     /// paragraph and sentence boundaries, summarized part by part, then together).
     Summarize(SummarizeArgs),
+    /// Translate a text of any length: with an instruct LLM (prompted), or with a Marian
+    /// (opus-mt), T5 or BART-style encoder-decoder model directory given as --model. Long
+    /// inputs go sentence batch by sentence batch; paragraphs are kept.
+    Translate(TranslateArgs),
     /// Fine-tune a LoRA adapter on a decoder (GGUF weights stay quantized) and write it as a
     /// Hugging Face PEFT adapter, with checkpoints, metrics and a loss plot.
     ///
@@ -565,6 +569,29 @@ pub struct SummarizeArgs {
     #[arg(short = 'c', long)]
     pub context: Option<usize>,
     /// Print one JSON object (summary, input tokens, parts, rounds) instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TranslateArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// The text file to translate (`-` or none: stdin).
+    pub file: Option<String>,
+    /// Target language, as a name or code (`French`, `fr`, `de`, ...).
+    #[arg(long)]
+    pub to: String,
+    /// Source language (default: let the model tell; an instruct LLM is told "the text").
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Beams for an encoder-decoder model (default: its generation_config.json, else 4).
+    #[arg(long)]
+    pub num_beams: Option<usize>,
+    /// Use at most this many tokens of an LLM's context per step (default: all of it).
+    #[arg(short = 'c', long)]
+    pub context: Option<usize>,
+    /// Print one JSON object (translation, paragraphs, batches) instead of streaming.
     #[arg(long)]
     pub json: bool,
 }

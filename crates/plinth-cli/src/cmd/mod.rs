@@ -11,6 +11,7 @@ mod merge;
 mod pull;
 mod serve;
 mod summarize;
+mod translate;
 mod tune;
 
 use anyhow::Result;
@@ -35,6 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Answer(a) => heads::run_answer(a),
         Command::Rerank(a) => heads::run_rerank(a),
         Command::Summarize(a) => summarize::run(a),
+        Command::Translate(a) => translate::run(a),
         Command::Tune(a) => tune::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Merge(a) => merge::run(a),
