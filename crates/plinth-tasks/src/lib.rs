@@ -16,6 +16,7 @@ pub mod search;
 pub mod service;
 pub mod summarize;
 pub mod text;
+pub mod translate;
 
 pub use classify::{ClassifyOptions, LabelScore, Ranked, RerankOptions, ScoreFunction};
 pub use embed::{cosine, EmbedInput, EmbedOptions, Embeddings};

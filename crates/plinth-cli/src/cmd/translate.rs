@@ -1,10 +1,68 @@
-//! `plinth translate`: a text of any length into another language, with an instruct LLM or an
-//! encoder-decoder model.
+//! `plinth translate`: a text of any length into another language, with an instruct LLM (the
+//! default) or an encoder-decoder model directory. Paragraphs are kept; the translation
+//! streams batch by batch (or one `--json` object).
 
-use anyhow::Result;
+use std::io::{IsTerminal, Read, Write};
+
+use anyhow::{Context, Result};
+use plinth_tasks::translate::{translate_llm, TranslateOptions};
+use serde_json::json;
 
 use crate::cli::TranslateArgs;
+use crate::load;
 
-pub fn run(_a: TranslateArgs) -> Result<()> {
-    anyhow::bail!("translate is not wired up yet")
+pub fn read_input(file: Option<&str>) -> Result<String> {
+    match file {
+        Some(f) if f != "-" => std::fs::read_to_string(f).with_context(|| format!("reading {f}")),
+        _ => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("reading the text from stdin (Ctrl-D to finish)");
+            }
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+            Ok(s)
+        }
+    }
+}
+
+pub fn run(a: TranslateArgs) -> Result<()> {
+    if a.to.trim().is_empty() {
+        anyhow::bail!("invalid --to: name the target language (e.g. --to fr)");
+    }
+    let text = read_input(a.file.as_deref())?;
+    let show = !a.json && std::io::stderr().is_terminal();
+    let mut out = std::io::stdout().lock();
+    let mut failed = None;
+    let mut on_batch = |i: usize, n: usize| {
+        if show && n > 1 {
+            eprint!("\rtranslated batch {i}/{n}");
+            if i == n {
+                eprintln!();
+            }
+        }
+    };
+    let mut on_text = |t: &str| {
+        if !a.json && failed.is_none() {
+            if let Err(e) = out.write_all(t.as_bytes()).and_then(|_| out.flush()) {
+                failed = Some(e);
+            }
+        }
+    };
+    let m = load::load(&a.model)?;
+    let mut opts = TranslateOptions::new(&a.to);
+    opts.from = a.from.clone();
+    opts.context = a.context;
+    if a.num_beams.is_some() {
+        anyhow::bail!("--num-beams applies to encoder-decoder models; {} is a decoder-only LLM", a.model.model);
+    }
+    let report = translate_llm(m.model.as_ref(), &m.tokenizer, &text, &opts, &mut on_batch, &mut on_text)?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    if a.json {
+        writeln!(out, "{}", json!({"translation": report.translation, "to": a.to, "from": a.from, "paragraphs": report.paragraphs, "batches": report.batches}))?;
+    } else if !report.translation.ends_with('\n') {
+        writeln!(out)?;
+    }
+    Ok(())
 }
