@@ -30,9 +30,9 @@ pub struct TranslateOptions {
 
 impl TranslateOptions {
     pub fn new(to: impl Into<String>) -> Self {
-        // Greedy without a repetition penalty: a translation legitimately repeats words of
-        // its source.
-        TranslateOptions { to: to.into(), from: None, context: None, batch_tokens: 160, sampling: SamplingParams::greedy() }
+        // Greedy, with a penalty milder than summarizing's: a translation legitimately repeats
+        // words of its source, but small models otherwise loop on a phrase.
+        TranslateOptions { to: to.into(), from: None, context: None, batch_tokens: 160, sampling: SamplingParams { repeat_penalty: 1.1, ..SamplingParams::greedy() } }
     }
 }
 
@@ -208,7 +208,9 @@ pub fn translate_llm(
             .map(|src| {
                 let prompt_ids = tok.encode(&template.render(&messages(src), true)?, false)?;
                 let max_tokens = (count(src) * 2 + 16).min(context.saturating_sub(prompt_ids.len())).max(1);
-                let out = session.generate(&GenerateRequest { prompt_ids, max_tokens, sampling: opts.sampling.clone(), stop: Vec::new() }, &mut |_| true)?;
+                // A blank line ends the answer: what follows is commentary, not translation.
+                let stop = vec!["\n\n".to_string()];
+                let out = session.generate(&GenerateRequest { prompt_ids, max_tokens, sampling: opts.sampling.clone(), stop }, &mut |_| true)?;
                 Ok(clean(&out.text, src, &to))
             })
             .collect()
