@@ -17,7 +17,7 @@ pub mod weights;
 
 pub use encoder::{Encoder, EncoderBatch, EncoderHead, EncoderInfo, EncoderOutput};
 pub use kv::KvCache;
-pub use seq2seq::{Seq2Seq, Seq2SeqCache, Seq2SeqInfo};
+pub use seq2seq::{is_seq2seq_type, load_seq2seq, Seq2Seq, Seq2SeqCache, Seq2SeqInfo};
 pub use registry::{
     is_encoder_type, is_supported, load_decoder, load_decoder_with, load_encoder, parse_quantize, supported_architectures,
     supported_encoders, LoadOptions, LoadedDecoder,

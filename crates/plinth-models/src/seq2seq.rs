@@ -7,9 +7,20 @@
 //! cross-attention keys/values over the encoder output (computed on the first step, then
 //! reused). Beam search reorders every cached tensor along the batch axis with
 //! [`Seq2SeqCache::reorder`].
+//!
+//! [`load_seq2seq`] reads a Hugging Face directory and dispatches on `model_type`
+//! (`bart` / `mbart` in `models/bart.rs`, `marian` in `models/marian.rs` on BART's block, `t5`
+//! in `models/t5.rs`); the attention they share is `layers/cross_attention.rs`.
+
+use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use plinth_core::Result;
+use plinth_core::{Error, Result};
+use plinth_io::safetensors::{self, SafetensorsWeights};
+
+use crate::models;
+use crate::weights::Weights;
 
 /// Facts about an encoder-decoder model that the engine and the CLI need.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -97,4 +108,69 @@ pub trait Seq2Seq: Send + Sync {
     /// cache's rows) masked by `attention_mask` (u32 `[b, s]`), appending to `cache`.
     /// Returns f32 logits `[b, t, vocab]`.
     fn decode(&self, decoder_ids: &Tensor, encoder_hidden: &Tensor, attention_mask: &Tensor, cache: &mut Seq2SeqCache) -> Result<Tensor>;
+}
+
+/// Loads an encoder-decoder model (`model_type` from `config.json`).
+type Seq2SeqLoader = fn(&serde_json::Value, &Path, &Weights, &str) -> Result<Box<dyn Seq2Seq>>;
+
+/// The supported encoder-decoder `model_type`s and their loaders.
+const SEQ2SEQ: &[(&[&str], Seq2SeqLoader)] = &[
+    (&["bart", "mbart"], models::bart::load_hf),
+    (&["marian"], models::marian::load_hf),
+    (&["t5"], models::t5::load_hf),
+    // New encoder-decoders: one line above this comment.
+];
+
+fn find_seq2seq(model_type: &str) -> Option<Seq2SeqLoader> {
+    SEQ2SEQ.iter().find(|(names, _)| names.contains(&model_type)).map(|(_, l)| *l)
+}
+
+/// The encoder-decoder `model_type`s, comma-separated.
+pub fn supported_seq2seq() -> String {
+    SEQ2SEQ.iter().flat_map(|(names, _)| names.iter().copied()).collect::<Vec<_>>().join(", ")
+}
+
+/// Whether `model_type` names an encoder-decoder model (load it with [`load_seq2seq`]).
+pub fn is_seq2seq_type(model_type: &str) -> bool {
+    find_seq2seq(model_type).is_some()
+}
+
+/// Loads an encoder-decoder model from a Hugging Face directory (`config.json` +
+/// safetensors), dispatching on `model_type`.
+pub fn load_seq2seq(dir: &Path) -> Result<Box<dyn Seq2Seq>> {
+    let json = safetensors::read_config(dir)?;
+    let config_path = dir.join("config.json");
+    let model_type = json
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::missing(&config_path, "config field 'model_type'"))?;
+    let loader = find_seq2seq(model_type)
+        .ok_or_else(|| Error::UnknownArchitecture { name: model_type.to_string(), supported: supported_seq2seq() })?;
+    let w = Weights::Safetensors(Arc::new(SafetensorsWeights::open_dir(dir)?));
+    loader(&json, &config_path, &w, model_type)
+}
+
+/// A boolean config field; absent or null gives `default`.
+pub(crate) fn config_bool(json: &serde_json::Value, path: &Path, key: &str, default: bool) -> Result<bool> {
+    match json.get(key).filter(|v| !v.is_null()) {
+        None => Ok(default),
+        Some(v) => v.as_bool().ok_or_else(|| Error::format(path, format!("config field '{key}' is not a boolean"))),
+    }
+}
+
+/// A token id config field (an integer, or a list whose first entry counts); `None` when
+/// absent or null.
+pub(crate) fn config_id(json: &serde_json::Value, path: &Path, key: &str) -> Result<Option<u32>> {
+    let v = match json.get(key).filter(|v| !v.is_null()) {
+        None => return Ok(None),
+        Some(serde_json::Value::Array(a)) => match a.first() {
+            None => return Ok(None),
+            Some(v) => v,
+        },
+        Some(v) => v,
+    };
+    v.as_u64()
+        .and_then(|x| u32::try_from(x).ok())
+        .map(Some)
+        .ok_or_else(|| Error::format(path, format!("config field '{key}' is not a token id")))
 }
