@@ -41,7 +41,8 @@ pub enum Task {
 pub struct ModelCard {
     /// Architecture as named by the file (`llama`, `qwen2`, ...).
     pub architecture: String,
-    /// `"decoder"` (GPT-style, generates) or `"encoder"` (BERT-style, understands).
+    /// `"decoder"` (GPT-style, generates), `"encoder"` (BERT-style, understands) or
+    /// `"encoder-decoder"` (T5/BART-style, rewrites one text into another).
     pub family: &'static str,
     pub inputs: Vec<Modality>,
     pub outputs: Vec<Modality>,
@@ -80,6 +81,19 @@ impl ModelCard {
             Some(t) => (vec![Modality::Labels], vec![t]),
         };
         ModelCard { architecture: architecture.to_string(), family: "encoder", inputs: vec![Modality::Text], outputs, tasks }
+    }
+
+    /// An encoder-decoder (seq2seq) model: Marian, T5, BART. Text in, text out, for the
+    /// tasks it was trained on (translation for opus-mt, summarization for bart-cnn, prefixed
+    /// tasks for T5): the card lists what the family does, not one checkpoint's training.
+    pub fn text_seq2seq(architecture: &str) -> Self {
+        ModelCard {
+            architecture: architecture.to_string(),
+            family: "encoder-decoder",
+            inputs: vec![Modality::Text],
+            outputs: vec![Modality::Text],
+            tasks: vec![Task::Translation, Task::Summarization, Task::TextGeneration],
+        }
     }
 
     /// True for text-only models (text in; text, labels or embeddings out): the LLM corner

@@ -128,23 +128,26 @@ fn dir_report(dir: &std::path::Path, quantize: Option<&str>) -> Result<Report> {
     let has_chat_template = tok.as_ref().is_some_and(|t| t.chat_template().is_some());
     let card = if plinth_models::is_encoder_type(&arch) {
         ModelCard::text_encoder(&arch, encoder_head(&cfg))
+    } else if plinth_models::is_seq2seq_type(&arch) {
+        ModelCard::text_seq2seq(&arch)
     } else {
         ModelCard::text_decoder(&arch, has_chat_template)
     };
-    // GPT-2 style configs spell the sizes differently.
+    // GPT-2 and seq2seq configs spell the sizes differently (encoder-decoder models count
+    // their encoder layers here).
     let u = |k: &str| {
-        let alt = match k {
-            "hidden_size" => "n_embd",
-            "num_hidden_layers" => "n_layer",
-            "max_position_embeddings" => "n_positions",
-            other => other,
+        let alts: &[&str] = match k {
+            "hidden_size" => &["n_embd", "d_model"],
+            "num_hidden_layers" => &["n_layer", "encoder_layers", "num_layers"],
+            "max_position_embeddings" => &["n_positions"],
+            _ => &[],
         };
-        cfg.get(k).or_else(|| cfg.get(alt)).and_then(|v| v.as_u64()).map(|v| v as usize)
+        std::iter::once(k).chain(alts.iter().copied()).find_map(|k| cfg.get(k)).and_then(|v| v.as_u64()).map(|v| v as usize)
     };
     Ok(Report {
         path: dir.display().to_string(),
         format: "safetensors",
-        supported: plinth_models::is_supported(&arch) || plinth_models::is_encoder_type(&arch),
+        supported: plinth_models::is_supported(&arch) || plinth_models::is_encoder_type(&arch) || plinth_models::is_seq2seq_type(&arch),
         parameters: infos.iter().map(|i| i.2.iter().product::<usize>()).sum(),
         file_bytes: infos.iter().map(|i| i.3).sum(),
         context_length: u("max_position_embeddings"),
@@ -197,7 +200,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
     println!("chat template  {}", if r.has_chat_template { "yes" } else { "no" });
     let names = |v: &[plinth_core::Modality]| v.iter().map(|m| format!("{m:?}").to_lowercase()).collect::<Vec<_>>().join(", ");
     println!("model card");
-    let style = if r.card.family == "encoder" { "BERT-style: understands text" } else { "GPT-style: generates text" };
+    let style = match r.card.family {
+        "encoder" => "BERT-style: understands text",
+        "encoder-decoder" => "T5/BART-style: rewrites one text into another",
+        _ => "GPT-style: generates text",
+    };
     println!("  family       {} ({style})", r.card.family);
     println!("  input        {}", names(&r.card.inputs));
     println!("  output       {}", names(&r.card.outputs));
