@@ -7,10 +7,12 @@ pub mod generate;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
+pub mod seq2seq;
 pub mod stop;
 
 pub use generate::{GenerateOutput, GenerateRequest, Session};
 pub use scheduler::{Engine, EngineConfig, EngineStats, Event, Request};
+pub use seq2seq::{generate as generate_seq2seq, EarlyStopping, Hypothesis, Seq2SeqGeneration, Seq2SeqOverrides};
 pub use sequence::{FinishReason, GenerationOptions, StepOutput, TokenLogprob};
 pub use sampler::{LogitsProcessor, SamplingParams};
 pub use stop::{StopMatcher, StopOutcome};
