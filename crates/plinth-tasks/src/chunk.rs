@@ -177,6 +177,11 @@ pub fn paragraphs(text: &str) -> Vec<&str> {
     split_keep(text, paragraph_ends(text)).into_iter().map(|(a, b)| &text[a..b]).collect()
 }
 
+/// The sentences of `text` (each with the whitespace after it), concatenating back to `text`.
+pub fn sentences(text: &str) -> Vec<&str> {
+    split_keep(text, sentence_ends(text)).into_iter().map(|(a, b)| &text[a..b]).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,10 @@ use plinth_engine::{GenerateRequest, SamplingParams, Session};
 use plinth_models::Decoder;
 use plinth_tokenize::{Message, Tokenizer};
 
-use crate::chunk::{paragraphs, split};
+use plinth_engine::Seq2SeqOverrides;
+
+use crate::chunk::{paragraphs, sentences, split};
+use crate::seq2seq::Seq2SeqModel;
 
 /// How to translate with an LLM.
 #[derive(Debug, Clone)]
@@ -218,6 +221,62 @@ pub fn translate_llm(
     translate_with(text, budget, &count, &mut translate, on_batch, on_text)
 }
 
+/// Code of a language name or code (`French` → `fr`), for T5's `task_specific_params` keys.
+fn language_code(lang: &str) -> String {
+    let name = language_name(lang);
+    ["ar", "bg", "ca", "cs", "da", "de", "el", "en", "es", "et", "fa", "fi", "fr", "he", "hi", "hu", "id", "it", "ja", "ko", "lt", "lv", "nl", "no", "pl", "pt", "ro", "ru", "sk", "sl", "sv", "th", "tr", "uk", "vi", "zh"]
+        .into_iter()
+        .find(|c| language_name(c) == name)
+        .map_or_else(|| lang.trim().to_lowercase(), str::to_string)
+}
+
+/// Translates `text` with an encoder-decoder model. Marian (opus-mt) models translate one
+/// fixed language pair, given by the checkpoint; T5 is told the pair with its task prefix
+/// (from config.json's `task_specific_params` when it has one for the pair, else T5's
+/// `translate English to German: ` form; the source defaults to English). Each batch of
+/// sentences is one `generate` call, one sentence per row.
+pub fn translate_seq2seq(
+    model: &Seq2SeqModel,
+    text: &str,
+    opts: &TranslateOptions,
+    overrides: &Seq2SeqOverrides,
+    on_batch: &mut dyn FnMut(usize, usize),
+    on_text: &mut dyn FnMut(&str),
+) -> Result<TranslationReport> {
+    let to = language_name(&opts.to);
+    if to.is_empty() {
+        return Err(Error::invalid("--to", "the target language is empty"));
+    }
+    let prefix = if model.info().architecture == "t5" {
+        let from = opts.from.as_deref().unwrap_or("en");
+        let task = format!("translation_{}_to_{}", language_code(from), language_code(&opts.to));
+        model.task_prefix(&task).map_or_else(|| format!("translate {} to {to}: ", language_name(from)), str::to_string)
+    } else {
+        String::new()
+    };
+    let count = |s: &str| model.count_tokens(&format!("{prefix}{s}")).unwrap_or(usize::MAX / 4);
+    // Sentences longer than the encoder takes are cut between words by the splitter; a batch
+    // holds a few hundred tokens of sentences, each translated on its own row.
+    let budget = model.max_source_tokens().min(256).saturating_sub(4).max(8);
+    let mut translate = |batch: &[&str]| -> Result<Vec<String>> {
+        batch
+            .iter()
+            .map(|chunk| {
+                let rows: Vec<String> = sentences(chunk).iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(|s| format!("{prefix}{s}")).collect();
+                let longest = rows.iter().map(|r| count(r)).max().unwrap_or(1);
+                let mut o = overrides.clone();
+                // Room for a translation twice the source's length, unless the user chose.
+                if o.max_new_tokens.is_none() && o.max_length.is_none() {
+                    o.max_new_tokens = Some(longest * 2 + 16);
+                }
+                let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+                Ok(model.generate_texts(&refs, &o)?.join(" "))
+            })
+            .collect()
+    };
+    translate_with(text, budget, &count, &mut translate, on_batch, on_text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +323,8 @@ mod tests {
         assert_eq!(language_name("fr"), "French");
         assert_eq!(language_name("DE"), "German");
         assert_eq!(language_name("klingon"), "Klingon");
+        assert_eq!(language_code("German"), "de");
+        assert_eq!(language_code("fr"), "fr");
         assert_eq!(clean("Translation: \"Bonjour.\"", "Hello.", "French"), "Bonjour.");
         assert_eq!(clean("French: Bonjour.", "Hello.", "French"), "Bonjour.");
         assert_eq!(clean("\"Oui\"", "\"Yes\"", "French"), "\"Oui\"");

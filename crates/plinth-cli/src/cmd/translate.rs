@@ -5,7 +5,10 @@
 use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{Context, Result};
-use plinth_tasks::translate::{translate_llm, TranslateOptions};
+use plinth_engine::Seq2SeqOverrides;
+use plinth_io::fetch::ModelLocation;
+use plinth_tasks::seq2seq::{is_seq2seq_dir, Seq2SeqModel};
+use plinth_tasks::translate::{translate_llm, translate_seq2seq, TranslateOptions};
 use serde_json::json;
 
 use crate::cli::TranslateArgs;
@@ -48,14 +51,26 @@ pub fn run(a: TranslateArgs) -> Result<()> {
             }
         }
     };
-    let m = load::load(&a.model)?;
     let mut opts = TranslateOptions::new(&a.to);
     opts.from = a.from.clone();
     opts.context = a.context;
-    if a.num_beams.is_some() {
-        anyhow::bail!("--num-beams applies to encoder-decoder models; {} is a decoder-only LLM", a.model.model);
-    }
-    let report = translate_llm(m.model.as_ref(), &m.tokenizer, &text, &opts, &mut on_batch, &mut on_text)?;
+    let report = match load::resolve(&a.model.model)? {
+        ModelLocation::Dir(d) if is_seq2seq_dir(&d) => {
+            if a.context.is_some() {
+                anyhow::bail!("--context applies to LLMs; an encoder-decoder model takes its source sentence by sentence");
+            }
+            let m = Seq2SeqModel::load(&d)?;
+            let overrides = Seq2SeqOverrides { num_beams: a.num_beams, ..Default::default() };
+            translate_seq2seq(&m, &text, &opts, &overrides, &mut on_batch, &mut on_text)?
+        }
+        _ => {
+            if a.num_beams.is_some() {
+                anyhow::bail!("--num-beams applies to encoder-decoder models; {} is a decoder-only LLM", a.model.model);
+            }
+            let m = load::load(&a.model)?;
+            translate_llm(m.model.as_ref(), &m.tokenizer, &text, &opts, &mut on_batch, &mut on_text)?
+        }
+    };
     if let Some(e) = failed {
         return Err(e.into());
     }
