@@ -82,3 +82,20 @@ fn translate_refuses_flags_of_the_other_kind_of_model() {
     assert!(err.contains("--to"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn summarize_with_a_seq2seq_model_goes_map_reduce_past_its_encoder_limit() {
+    let dir = marian_dir("summ");
+    // tiny-marian's encoder takes 64 positions: this text needs several parts.
+    let text: String = (0..30).map(|i| format!("Sentence number {i} says something. ")).collect();
+    let (code, out, err) = plinth(&["summarize", "--model", dir.to_str().unwrap(), "--words", "5", "--json"], &text);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["parts"].as_u64().unwrap() >= 3, "{v}");
+    assert!(v["rounds"].as_u64().unwrap() >= 2, "{v}");
+    assert!(!v["summary"].as_str().unwrap().is_empty());
+    let (code, _, err) = plinth(&["summarize", "--model", dir.to_str().unwrap(), "--style", "bullet"], &text);
+    assert_ne!(code, 0);
+    assert!(err.contains("--style"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

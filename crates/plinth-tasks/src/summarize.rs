@@ -9,7 +9,10 @@ use plinth_engine::{GenerateRequest, SamplingParams, Session};
 use plinth_models::Decoder;
 use plinth_tokenize::{Message, Tokenizer};
 
+use plinth_engine::Seq2SeqOverrides;
+
 use crate::chunk::{split, Chunk};
+use crate::seq2seq::Seq2SeqModel;
 
 /// The shape of the summary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,4 +143,43 @@ pub fn summarize(
         }
         current = partials.join("\n\n");
     }
+}
+
+/// Summarizes `text` with an encoder-decoder model (BART-CNN, T5 with its `summarize: `
+/// prefix), map-reduce style like [`summarize`]: parts that fit the encoder are summarized in
+/// one batch, then their summaries together, until one remains. `opts.words` bounds the
+/// output (about 1.5 tokens a word); the style and sampling fields are LLM-only and ignored.
+pub fn summarize_seq2seq(model: &Seq2SeqModel, text: &str, opts: &SummarizeOptions, overrides: &Seq2SeqOverrides, on_part: &mut dyn FnMut(usize, usize)) -> Result<SummaryReport> {
+    if text.trim().is_empty() {
+        return Err(Error::invalid("input", "the text to summarize is empty"));
+    }
+    if opts.words == 0 {
+        return Err(Error::invalid("--words", "must be at least 1"));
+    }
+    let prefix = if model.info().architecture == "t5" { model.task_prefix("summarization").unwrap_or("summarize: ").to_string() } else { String::new() };
+    let count = |s: &str| model.count_tokens(&format!("{prefix}{s}")).unwrap_or(usize::MAX / 4);
+    let budget = model.max_source_tokens().min(1024).saturating_sub(8).max(16);
+    let mut o = overrides.clone();
+    if o.max_new_tokens.is_none() && o.max_length.is_none() {
+        o.max_new_tokens = Some(opts.words * 3 / 2 + 8);
+    }
+    let tokens = count(text);
+    let mut current = text.to_string();
+    let mut first_parts: Vec<Chunk> = Vec::new();
+    for rounds in 1..=8 {
+        let parts = split(&current, budget, &count);
+        if rounds == 1 {
+            first_parts = parts.clone();
+        }
+        let rows: Vec<String> = parts.iter().map(|p| format!("{prefix}{}", p.text.trim())).collect();
+        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+        let summaries = model.generate_texts(&refs, &o)?;
+        on_part(parts.len(), parts.len());
+        if parts.len() <= 1 {
+            let summary = summaries.into_iter().next().unwrap_or_default().trim().to_string();
+            return Ok(SummaryReport { summary, tokens, parts: first_parts.iter().map(|c| (c.start, c.end)).collect(), rounds });
+        }
+        current = summaries.join("\n\n");
+    }
+    Err(Error::invalid("--words", "the partial summaries do not get shorter; ask for fewer --words"))
 }

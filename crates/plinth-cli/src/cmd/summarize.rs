@@ -3,7 +3,10 @@
 use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{Context, Result};
-use plinth_tasks::summarize::{summarize, Style, SummarizeOptions};
+use plinth_engine::Seq2SeqOverrides;
+use plinth_io::fetch::ModelLocation;
+use plinth_tasks::seq2seq::{is_seq2seq_dir, Seq2SeqModel};
+use plinth_tasks::summarize::{summarize, summarize_seq2seq, Style, SummarizeOptions};
 use serde_json::json;
 
 use crate::cli::SummarizeArgs;
@@ -25,10 +28,25 @@ pub fn run(a: SummarizeArgs) -> Result<()> {
             s
         }
     };
-    let m = load::load(&a.model)?;
     let opts = SummarizeOptions { words: a.words, style, context: a.context, ..Default::default() };
     let show = !a.json && std::io::stderr().is_terminal();
     let mut out = std::io::stdout().lock();
+    if let ModelLocation::Dir(d) = load::resolve(&a.model.model)? {
+        if is_seq2seq_dir(&d) {
+            if style != Style::Paragraph || a.context.is_some() {
+                anyhow::bail!("--style and --context apply to LLMs; an encoder-decoder model writes the summary it was trained to write");
+            }
+            let m = Seq2SeqModel::load(&d)?;
+            let report = summarize_seq2seq(&m, &text, &opts, &Seq2SeqOverrides::default(), &mut |_, _| {})?;
+            if a.json {
+                writeln!(out, "{}", json!({"summary": report.summary, "tokens": report.tokens, "parts": report.parts.len(), "rounds": report.rounds}))?;
+            } else {
+                writeln!(out, "{}", report.summary)?;
+            }
+            return Ok(());
+        }
+    }
+    let m = load::load(&a.model)?;
     let mut failed = None;
     let report = summarize(
         m.model.as_ref(),
