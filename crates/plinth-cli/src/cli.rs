@@ -46,11 +46,16 @@ pub enum Command {
     /// Semantic search: the lines of --corpus most similar to a query (the corpus is embedded
     /// once and cached next to the file).
     Search(SearchArgs),
-    /// Classify texts with a sequence-classification checkpoint (labels from its id2label).
+    /// Classify texts: with a sequence-classification checkpoint (labels from its id2label),
+    /// or zero-shot into --labels a,b,c with an instruct LLM (label log-likelihoods; the
+    /// default model) or an NLI checkpoint (transformers' zero-shot pipeline).
     Classify(ClassifyArgs),
     /// Named entities (token classification) with character offsets.
     Ner(NerArgs),
-    /// Extractive question answering: the span of --context that answers --question.
+    /// Answer a question: with --corpus DIR, retrieve passages with an embedder and answer
+    /// from them with an instruct LLM, citing file:lines (retrieval-augmented); with
+    /// --context FILE, answer from that text (an LLM), or pick the answer span out of it
+    /// (an encoder with a question-answering head as --model).
     Answer(AnswerArgs),
     /// Rank documents by relevance to a query with a cross-encoder.
     Rerank(RerankArgs),
@@ -159,10 +164,22 @@ pub struct HeadModelArg {
 
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
-    #[command(flatten)]
-    pub model: HeadModelArg,
+    /// A sequence-classification checkpoint; with --labels, an instruct LLM (default:
+    /// smollm2-135m-instruct) or an NLI checkpoint. A path, a known name or `org/name`.
+    #[arg(short, long, env = "PLINTH_MODEL")]
+    pub model: Option<String>,
     #[command(flatten)]
     pub texts: TextsArg,
+    /// Zero-shot classification into these labels, comma-separated (1 to 64, no duplicates).
+    #[arg(short, long, value_name = "A,B,...")]
+    pub labels: Option<String>,
+    /// Zero-shot: score each label on its own, so several may apply (NLI models only).
+    #[arg(long)]
+    pub multi_label: bool,
+    /// Zero-shot with an NLI model: the hypothesis, with {} where the label goes
+    /// (default "This example is {}.").
+    #[arg(long, value_name = "TEMPLATE")]
+    pub hypothesis_template: Option<String>,
     /// Show the K best labels per text (0: all).
     #[arg(short = 'k', long, default_value_t = 1)]
     pub top_k: usize,
@@ -190,27 +207,41 @@ pub struct NerArgs {
 
 #[derive(Args, Debug)]
 pub struct AnswerArgs {
+    /// The answering model: an instruct LLM (generative QA, the default), or an encoder
+    /// checkpoint with a question-answering head (extractive QA, only with --context).
     #[command(flatten)]
-    pub model: HeadModelArg,
+    pub model: ModelArg,
     /// The question.
     #[arg(short, long)]
     pub question: String,
-    /// File holding the context to find the answer in (`-` for stdin).
+    /// File holding the text to answer from (`-` for stdin); if it does not fit the LLM's
+    /// context, its best passages are retrieved with --embedder.
     #[arg(short, long, value_name = "FILE")]
-    pub context: String,
-    /// How many candidate answers.
-    #[arg(short = 'k', long, default_value_t = 1)]
-    pub top_k: usize,
-    /// Tokens per window over a long context (default: min(model limit, 384)).
+    pub context: Option<String>,
+    /// Folder of .txt / .md files (recursively): retrieve the best passages with --embedder,
+    /// answer from them and cite them as file:lines. Embeddings are cached in the folder.
+    #[arg(long, value_name = "DIR")]
+    pub corpus: Option<String>,
+    /// Sentence embedder for retrieval.
+    #[arg(long, env = "PLINTH_ENCODER", default_value = plinth_io::catalog::DEFAULT_EMBEDDER)]
+    pub embedder: String,
+    /// Passages to retrieve (default 4), or candidate answers of an extractive model (default 1).
+    #[arg(short = 'k', long)]
+    pub top_k: Option<usize>,
+    /// Longest generated answer, in tokens.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Extractive QA: tokens per window over a long context (default: min(model limit, 384)).
     #[arg(long)]
     pub max_seq_len: Option<usize>,
-    /// Tokens of overlap between windows (default: half a window, at most 128).
+    /// Extractive QA: tokens of overlap between windows (default: half a window, at most 128).
     #[arg(long)]
     pub doc_stride: Option<usize>,
-    /// Longest answer, in tokens.
+    /// Extractive QA: longest answer, in tokens.
     #[arg(long, default_value_t = 15)]
     pub max_answer_len: usize,
-    /// Print JSON.
+    /// Print one JSON object (answer, sources with file / lines / score, cited) instead of
+    /// streaming.
     #[arg(long)]
     pub json: bool,
 }

@@ -6,25 +6,30 @@
 //! results can be compared number for number. Decoders: map-reduce summarization of any
 //! length of text ([`summarize`], on the token-budget splitter [`chunk`]).
 
+pub mod answer;
 pub mod chunk;
 pub mod classify;
 pub mod embed;
 pub mod model;
 pub mod ner;
 pub mod qa;
+pub mod rag;
 pub mod search;
 pub mod seq2seq;
 pub mod service;
 pub mod summarize;
 pub mod text;
 pub mod translate;
+pub mod zeroshot;
 
 pub use classify::{ClassifyOptions, LabelScore, Ranked, RerankOptions, ScoreFunction};
 pub use embed::{cosine, EmbedInput, EmbedOptions, Embeddings};
 pub use model::{normalize, EncoderModel, Pooling};
 pub use ner::{Aggregation, Entity, NerOptions};
 pub use qa::{Answer, QaOptions};
+pub use rag::{AnswerOptions, Citation, Passage, PassageIndex, RagAnswer};
 pub use search::{CorpusIndex, Hit};
 pub use seq2seq::{Seq2SeqModel, Seq2SeqTokenizer};
 pub use service::{EmbedService, ServiceConfig};
 pub use text::{Encoded, EncoderTokenizer, Overflow};
+pub use zeroshot::{ZeroShotOptions, ZeroShotScore};

@@ -1,37 +1,19 @@
-//! `plinth classify`, `ner`, `answer` and `rerank`: the task heads of encoder checkpoints
-//! (`*ForSequenceClassification`, `*ForTokenClassification`, `*ForQuestionAnswering`, and
-//! cross-encoders), with post-processing as in the transformers pipelines.
+//! `plinth ner` and `rerank`: the task heads of encoder checkpoints
+//! (`*ForTokenClassification` and cross-encoders), with post-processing as in the
+//! transformers pipelines (`classify` is in `classify.rs`, `answer` in `answer.rs`).
 //!
 //! Output goes through a locked stdout with `writeln!`, not `println!`, so that a closed pipe
 //! (`plinth classify -f big.txt | head`) ends the run with an error line instead of a panic.
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
-use plinth_tasks::{Aggregation, ClassifyOptions, NerOptions, QaOptions, RerankOptions};
+use anyhow::Result;
+use plinth_tasks::{Aggregation, NerOptions, RerankOptions};
 use serde_json::json;
 
-use crate::cli::{AnswerArgs, ClassifyArgs, NerArgs, RerankArgs};
+use crate::cli::{NerArgs, RerankArgs};
 use crate::cmd::embed::read_texts;
 use crate::load;
-
-pub fn run_classify(a: ClassifyArgs) -> Result<()> {
-    let texts = read_texts(&a.texts)?;
-    let model = load::load_encoder(&a.model.model)?;
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let top_k = (a.top_k > 0).then_some(a.top_k);
-    let results = model.classify(&refs, ClassifyOptions { top_k, overflow: a.truncate.overflow(), ..Default::default() })?;
-    let mut out = std::io::stdout().lock();
-    for (t, labels) in texts.iter().zip(&results) {
-        if a.json {
-            writeln!(out, "{}", json!({"text": t, "labels": labels}))?;
-        } else {
-            let shown: Vec<String> = labels.iter().map(|l| format!("{} {:.4}", l.label, l.score)).collect();
-            writeln!(out, "{}\t{t}", shown.join(", "))?;
-        }
-    }
-    Ok(())
-}
 
 pub fn run_ner(a: NerArgs) -> Result<()> {
     let aggregation = Aggregation::from_name(&a.aggregation)?;
@@ -52,32 +34,6 @@ pub fn run_ner(a: NerArgs) -> Result<()> {
         for e in entities {
             writeln!(out, "  {:<8} {:.4}  {}..{}  {}", e.entity, e.score, e.start, e.end, e.word)?;
         }
-    }
-    Ok(())
-}
-
-pub fn run_answer(a: AnswerArgs) -> Result<()> {
-    let context = if a.context == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading the context from stdin")?
-    } else {
-        std::fs::read_to_string(&a.context).with_context(|| format!("reading the context {}", a.context))?
-    };
-    let model = load::load_encoder(&a.model.model)?;
-    let opts = QaOptions {
-        top_k: a.top_k,
-        max_seq_len: a.max_seq_len,
-        doc_stride: a.doc_stride,
-        max_answer_len: a.max_answer_len,
-        ..Default::default()
-    };
-    let answers = model.answer(&a.question, &context, &opts)?;
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        writeln!(out, "{}", json!({"question": a.question, "answers": answers}))?;
-        return Ok(());
-    }
-    for ans in &answers {
-        writeln!(out, "{:.4}  [{}..{}]  {}", ans.score, ans.start, ans.end, ans.answer)?;
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+mod answer;
 mod bench;
 mod chat;
+mod classify;
 mod embed;
 mod eval;
 mod generate;
@@ -31,9 +33,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Embed(a) => embed::run_embed(a),
         Command::Search(a) => embed::run_search(a),
-        Command::Classify(a) => heads::run_classify(a),
+        Command::Classify(a) => classify::run(a),
         Command::Ner(a) => heads::run_ner(a),
-        Command::Answer(a) => heads::run_answer(a),
+        Command::Answer(a) => answer::run(a),
         Command::Rerank(a) => heads::run_rerank(a),
         Command::Summarize(a) => summarize::run(a),
         Command::Translate(a) => translate::run(a),
