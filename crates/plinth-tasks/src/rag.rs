@@ -33,13 +33,13 @@
 //! # }
 //! ```
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use plinth_core::{Error, Result};
 use sha2::{Digest, Sha256};
 
 use crate::embed::{cosine, EmbedOptions};
+use crate::search::{read_cache, write_cache};
 use crate::model::EncoderModel;
 
 /// The cache file inside a corpus directory (hidden, so the walk skips it).
@@ -267,12 +267,12 @@ impl PassageIndex {
         let key = format!("{} model={}", hex(key.finalize()), crate::search::model_key(embedder)?);
         let cache = dir.join(CACHE_NAME);
         let dim = embedder.embedding_dim();
-        if let Some(vectors) = read_cache(&cache, &key, passages.len() * dim) {
+        if let Some(vectors) = read_cache(&cache, MAGIC, &key, passages.len() * dim) {
             return Ok(PassageIndex { passages, vectors, dim, cached: true, cache_path: Some(cache), cache_warning: None });
         }
         let vectors = embed_passages(embedder, &passages, progress)?;
         // A cache that cannot be written (read-only directory) only costs time next run.
-        let cache_warning = write_cache(&cache, &key, &vectors).err().map(|e| format!("could not cache embeddings at {}: {e}", cache.display()));
+        let cache_warning = write_cache(&cache, MAGIC, &key, &vectors).err().map(|e| format!("could not cache embeddings at {}: {e}", cache.display()));
         Ok(PassageIndex { passages, vectors, dim, cached: false, cache_path: Some(cache), cache_warning })
     }
 
@@ -302,38 +302,6 @@ impl PassageIndex {
         hits.truncate(k);
         Ok(hits)
     }
-}
-
-fn read_cache(path: &Path, key: &str, floats: usize) -> Option<Vec<f32>> {
-    let bytes = std::fs::read(path).ok()?;
-    let rest = bytes.strip_prefix(MAGIC)?;
-    let nl = rest.iter().position(|&b| b == b'\n')?;
-    if &rest[..nl] != key.as_bytes() {
-        return None;
-    }
-    let data = &rest[nl + 1..];
-    if data.len() != floats * 4 {
-        return None;
-    }
-    Some(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-}
-
-fn write_cache(path: &Path, key: &str, vectors: &[f32]) -> Result<()> {
-    let tmp = path.with_extension(format!("part-{}", std::process::id()));
-    let res = (|| {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?);
-        f.write_all(MAGIC).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(key.as_bytes()).and_then(|_| f.write_all(b"\n")).map_err(|e| Error::io(&tmp, e))?;
-        for v in vectors {
-            f.write_all(&v.to_le_bytes()).map_err(|e| Error::io(&tmp, e))?;
-        }
-        f.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
 }
 
 pub use crate::answer::{answer, answer_context, context_fits, parse_citations, AnswerOptions, Citation, RagAnswer};

@@ -121,7 +121,7 @@ impl CorpusIndex {
         let key = format!("corpus={digest} model={}", model_key(model)?);
         let cache = cache_path(corpus);
         let dim = model.embedding_dim();
-        if let Some(vectors) = read_cache(&cache, &key, docs.len() * dim) {
+        if let Some(vectors) = read_cache(&cache, MAGIC, &key, docs.len() * dim) {
             return Ok(CorpusIndex { docs, vectors, dim, cached: true, cache_path: cache });
         }
         let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
@@ -131,7 +131,7 @@ impl CorpusIndex {
         let emb = model.embed_inputs(&inputs, opts, &mut |n| progress(n, total))?;
         let vectors: Vec<f32> = emb.vectors.into_iter().flatten().collect();
         // A cache that cannot be written (read-only directory) only costs time next run.
-        if let Err(e) = write_cache(&cache, &key, &vectors) {
+        if let Err(e) = write_cache(&cache, MAGIC, &key, &vectors) {
             eprintln!("warning: could not cache embeddings at {}: {e}", cache.display());
         }
         Ok(CorpusIndex { docs, vectors, dim, cached: false, cache_path: cache })
@@ -151,9 +151,11 @@ impl CorpusIndex {
     }
 }
 
-fn read_cache(path: &Path, key: &str, floats: usize) -> Option<Vec<f32>> {
+/// Reads an embedding cache file: `magic`, the key line, then little-endian f32s. `None`
+/// when the file is missing, of another format or key, or of the wrong size.
+pub(crate) fn read_cache(path: &Path, magic: &[u8], key: &str, floats: usize) -> Option<Vec<f32>> {
     let bytes = std::fs::read(path).ok()?;
-    let rest = bytes.strip_prefix(MAGIC)?;
+    let rest = bytes.strip_prefix(magic)?;
     let nl = rest.iter().position(|&b| b == b'\n')?;
     if &rest[..nl] != key.as_bytes() {
         return None;
@@ -165,11 +167,12 @@ fn read_cache(path: &Path, key: &str, floats: usize) -> Option<Vec<f32>> {
     Some(data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
-fn write_cache(path: &Path, key: &str, vectors: &[f32]) -> Result<()> {
+/// Writes an embedding cache file atomically (temporary file, fsync, rename).
+pub(crate) fn write_cache(path: &Path, magic: &[u8], key: &str, vectors: &[f32]) -> Result<()> {
     let tmp = path.with_extension(format!("part-{}", std::process::id()));
     let res = (|| {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?);
-        f.write_all(MAGIC).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(magic).map_err(|e| Error::io(&tmp, e))?;
         f.write_all(key.as_bytes()).and_then(|_| f.write_all(b"\n")).map_err(|e| Error::io(&tmp, e))?;
         for v in vectors {
             f.write_all(&v.to_le_bytes()).map_err(|e| Error::io(&tmp, e))?;
