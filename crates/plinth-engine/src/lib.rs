@@ -1,7 +1,9 @@
 //! Turning a model into text: sampling ([`sampler`]), stop strings matched across token
 //! boundaries ([`stop`]), one sequence's generation state ([`sequence`]), the single-sequence
 //! loop over an engine-owned KV cache ([`generate`]), and the continuous-batching scheduler
-//! thread that serves many sequences at once ([`scheduler`]).
+//! thread that serves many sequences at once ([`scheduler`]). Encoder-decoder models
+//! generate through [`seq2seq`]: greedy and beam search as transformers' `generate`, over a
+//! decoder cache the engine owns.
 
 pub mod generate;
 pub mod sampler;

@@ -3,8 +3,13 @@
 //! cross-encoder reranking ([`classify`]), named-entity recognition ([`ner`]) and extractive
 //! question answering ([`qa`]); [`service`] batches concurrent embedding requests for the
 //! server. Post-processing follows the transformers pipelines and sentence-transformers, so
-//! results can be compared number for number. Decoders: map-reduce summarization of any
-//! length of text ([`summarize`], on the token-budget splitter [`chunk`]).
+//! results can be compared number for number; zero-shot classification with NLI encoders
+//! ([`zeroshot`]). Decoders (instruct LLMs): map-reduce summarization of any length of text
+//! ([`summarize`], on the token-budget splitter [`chunk`]), paragraph-preserving translation
+//! ([`translate`]), retrieval-augmented and generative answers with cited passages ([`rag`],
+//! [`answer`]: an encoder retrieves, a decoder answers) and zero-shot classification by label
+//! log-likelihoods ([`zeroshot`]). Encoder-decoder models (Marian, T5, BART) with their
+//! tokenizers ([`seq2seq`]) translate and summarize through the same splitter.
 
 pub mod answer;
 pub mod chunk;

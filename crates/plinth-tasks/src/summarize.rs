@@ -2,7 +2,24 @@
 //! the model's context (with room for the instructions and the answer) is split on token
 //! budgets at paragraph / sentence boundaries ([`crate::chunk`]), each part is summarized
 //! ("map"), and the partial summaries are summarized together ("reduce"), recursively if
-//! they still do not fit. Only the final summary is streamed.
+//! they still do not fit. Only the final summary is streamed. Encoder-decoder models
+//! (BART-CNN, T5) summarize the same way within their encoder's limit
+//! ([`summarize_seq2seq`]).
+//!
+//! ```no_run
+//! # fn main() -> plinth_core::Result<()> {
+//! use plinth_io::fetch::ModelLocation;
+//! use plinth_tasks::summarize::{summarize, Style, SummarizeOptions};
+//!
+//! let llm = plinth_models::load_decoder(&ModelLocation::Gguf("smollm2.gguf".into()))?;
+//! let tok = plinth_tokenize::Tokenizer::from_gguf(llm.gguf.as_ref().unwrap())?;
+//! let text = std::fs::read_to_string("report.txt").unwrap();
+//! let opts = SummarizeOptions { words: 60, style: Style::Bullets, context: Some(2048), ..Default::default() };
+//! let report = summarize(llm.model.as_ref(), &tok, &text, &opts, &mut |i, n| eprintln!("part {i}/{n}"), &mut |t| print!("{t}"))?;
+//! println!("\n{} input tokens in {} parts, {} rounds", report.tokens, report.parts.len(), report.rounds);
+//! # Ok(())
+//! # }
+//! ```
 
 use plinth_core::{Error, Result};
 use plinth_engine::{GenerateRequest, SamplingParams, Session};

@@ -5,7 +5,30 @@
 //!
 //! Two kinds of model translate: an instruct LLM, prompted through its chat template
 //! ([`translate_llm`]), and anything that maps a batch of sentences to their translations
-//! ([`translate_with`]) — the encoder-decoder models (Marian, T5, BART) plug in there.
+//! ([`translate_with`]) — the encoder-decoder models (Marian, T5, BART) plug in there
+//! ([`translate_seq2seq`]).
+//!
+//! ```no_run
+//! # fn main() -> plinth_core::Result<()> {
+//! use plinth_io::fetch::ModelLocation;
+//! use plinth_tasks::seq2seq::Seq2SeqModel;
+//! use plinth_tasks::translate::{translate_llm, translate_seq2seq, TranslateOptions};
+//!
+//! let mut opts = TranslateOptions::new("fr");
+//! opts.from = Some("en".into());
+//! // An instruct LLM, prompted batch by batch.
+//! let llm = plinth_models::load_decoder(&ModelLocation::Gguf("smollm2.gguf".into()))?;
+//! let tok = plinth_tokenize::Tokenizer::from_gguf(llm.gguf.as_ref().unwrap())?;
+//! let r = translate_llm(llm.model.as_ref(), &tok, "Good morning.\n\nSee you soon.", &opts, &mut |_, _| {}, &mut |t| print!("{t}"))?;
+//! assert_eq!(r.paragraphs, 2);
+//! // An opus-mt directory, one sentence per row, 4 beams.
+//! let marian = Seq2SeqModel::load("opus-mt-en-fr".as_ref())?;
+//! let beams = plinth_engine::Seq2SeqOverrides { num_beams: Some(4), ..Default::default() };
+//! let r = translate_seq2seq(&marian, "Good morning. See you soon.", &opts, &beams, &mut |_, _| {}, &mut |_| {})?;
+//! println!("{}", r.translation);
+//! # Ok(())
+//! # }
+//! ```
 
 use plinth_core::{Error, Result};
 use plinth_engine::{GenerateRequest, SamplingParams, Session};
