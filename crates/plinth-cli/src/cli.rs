@@ -616,7 +616,7 @@ pub struct TranslateArgs {
     /// Source language (default: let the model tell; an instruct LLM is told "the text").
     #[arg(long)]
     pub from: Option<String>,
-    /// Beams for an encoder-decoder model (default: its generation_config.json, else 4).
+    /// Beams for an encoder-decoder model (default: its generation_config.json, else 1: greedy).
     #[arg(long)]
     pub num_beams: Option<usize>,
     /// Use at most this many tokens of an LLM's context per step (default: all of it).
