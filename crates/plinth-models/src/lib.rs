@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod encoder;
+pub mod kernels;
 pub mod kv;
 pub mod layers;
 pub mod models;

@@ -266,6 +266,11 @@ impl Linear for QLinear {
             }
             QMatMul::Tensor(w) if x.track_op() => frozen_matmul(x, w)?,
             QMatMul::QTensor(q) if rows >= DEQUANT_MIN_ROWS => QMatMul::Tensor(q.dequantize(&x.device().clone())?).forward(x)?,
+            // Decode: the hand-written SIMD kernels where one covers this weight type.
+            QMatMul::QTensor(q) if crate::kernels::enabled() => match crate::kernels::quantized_matmul(q, x)? {
+                Some(y) => y,
+                None => self.w.forward(x)?,
+            },
             w => w.forward(x)?,
         };
         let y = match &self.bias {

@@ -1,0 +1,360 @@
+//! Q4_1 weight rows times Q8 activation rows, straight from GGML's block bytes.
+//!
+//! A Q4_1 block is 20 bytes: f16 `d`, f16 `m`, then 16 bytes of nibbles, the low nibble of
+//! byte `j` being element `j` and the high nibble element `j + 16`; element = `d·q + m`. With
+//! the activation block `(d_a, s_a = d_a·Σq8, q8)`, one block's contribution to the dot product
+//! is `d·d_a·Σ(q4·q8) + m·s_a`: an integer dot product and two multiplies.
+
+use super::q8::{BlockQ8, QK};
+use super::{f16_to_f32, Isa};
+use plinth_core::{Error, Result};
+
+/// Bytes per block of 32 weights.
+pub const BLOCK_BYTES: usize = 20;
+
+/// Weight rows per unit of parallel work (a thread takes whole groups).
+const GROUP: usize = 16;
+
+/// The output buffer shared by the workers, each writing its own rows.
+struct SharedOut(*mut f32);
+// SAFETY: workers write disjoint row ranges only (see `matmul_with`).
+unsafe impl Sync for SharedOut {}
+
+/// Bytes of one weight row of `cols` values.
+pub fn row_bytes(cols: usize) -> usize {
+    cols / QK * BLOCK_BYTES
+}
+
+/// One weight row (`row.len() == 20 * x.len()`) dotted with one quantized activation row.
+/// `isa` must be supported (checked by [`matmul_with`]; this is the inner loop).
+#[inline]
+fn dot(isa: Isa, row: &[u8], x: &[BlockQ8]) -> f32 {
+    debug_assert_eq!(row.len(), x.len() * BLOCK_BYTES);
+    match isa {
+        Isa::Scalar => dot_scalar(row, x),
+        // SAFETY: callers only pass an `isa` that `Isa::supported` accepted, so the CPU has
+        // the features these functions enable; the slices' lengths are checked by the caller.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { dot_avx2(row, x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { dot_vnni(row, x) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => dot_scalar(row, x),
+    }
+}
+
+/// The portable reference. Sums in f64 (see [`dot_avx2`] for why).
+fn dot_scalar(row: &[u8], x: &[BlockQ8]) -> f32 {
+    let mut acc = 0f64;
+    for (w, a) in row.chunks_exact(BLOCK_BYTES).zip(x) {
+        let d = f16_to_f32(u16::from_le_bytes([w[0], w[1]]));
+        let m = f16_to_f32(u16::from_le_bytes([w[2], w[3]]));
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            let b = w[4 + j];
+            sumi += (b & 0x0f) as i32 * a.qs[j] as i32 + (b >> 4) as i32 * a.qs[j + QK / 2] as i32;
+        }
+        acc += d as f64 * a.d as f64 * sumi as f64 + m as f64 * a.s as f64;
+    }
+    acc as f32
+}
+
+/// Sums in f64: a Q4_1 block's `d·d_a·Σq4·q8` and `m·s_a` nearly cancel (`m ≈ -8d`), so an
+/// f32 running sum loses most of its digits, and on SmolLM2 the order of f32 additions alone
+/// moved decode perplexity by ±0.5 %. In f64 every path gives the same value to ~1e-12.
+///
+/// # Safety
+/// AVX2 + FMA + F16C; `row.len() == 20 * x.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_avx2(row: &[u8], x: &[BlockQ8]) -> f32 {
+    use std::arch::x86_64::*;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_pd(); 2];
+    // Lane 1 collects m·s (lane 0 the unused d·d_a).
+    let mut summs = _mm_setzero_pd();
+    for (i, a) in x.iter().enumerate() {
+        let p = row.as_ptr().add(i * BLOCK_BYTES);
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
+        let tmp = _mm_loadu_si128(p.add(4) as *const __m128i);
+        let qx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp), _mm256_set1_epi8(0x0f));
+        let qy = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        // u8 (0..15) × i8 pairs: |sum| <= 2·15·128 < i16::MAX, so no saturation.
+        let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones);
+        // [d·d_a, m·s_a] in f64 (`d`, `s` are adjacent in BlockQ8).
+        let act = _mm_castpd_ps(_mm_load_sd(&a.d as *const f32 as *const f64));
+        let hp = _mm_mul_pd(_mm_cvtps_pd(dm), _mm_cvtps_pd(act));
+        summs = _mm_add_pd(summs, hp);
+        let scale = _mm256_broadcastsd_pd(hp);
+        acc[0] = _mm256_fmadd_pd(scale, _mm256_cvtepi32_pd(_mm256_castsi256_si128(prod)), acc[0]);
+        acc[1] = _mm256_fmadd_pd(scale, _mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(prod)), acc[1]);
+    }
+    (hsum_pd(_mm256_add_pd(acc[0], acc[1])) + _mm_cvtsd_f64(_mm_unpackhi_pd(summs, summs))) as f32
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn hsum_pd(v: std::arch::x86_64::__m256d) -> f64 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_pd(_mm256_extractf128_pd::<1>(v), _mm256_castpd256_pd128(v));
+    _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
+}
+
+/// As [`dot_avx2`], with one `vpdpbusd` for the u8×i8 products (256-bit: on Zen 4 the
+/// 512-bit form, two blocks a step, measured slower: 30 vs 27 µs per 1536×576 matvec).
+///
+/// # Safety
+/// AVX2 + FMA + F16C + AVX-512 F/VL/VNNI; `row.len() == 20 * x.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn dot_vnni(row: &[u8], x: &[BlockQ8]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_pd(); 2];
+    let mut summs = _mm_setzero_pd();
+    for (i, a) in x.iter().enumerate() {
+        let p = row.as_ptr().add(i * BLOCK_BYTES);
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
+        let tmp = _mm_loadu_si128(p.add(4) as *const __m128i);
+        let qx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp), _mm256_set1_epi8(0x0f));
+        let qy = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        let prod = _mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy);
+        let act = _mm_castpd_ps(_mm_load_sd(&a.d as *const f32 as *const f64));
+        let hp = _mm_mul_pd(_mm_cvtps_pd(dm), _mm_cvtps_pd(act));
+        summs = _mm_add_pd(summs, hp);
+        let scale = _mm256_broadcastsd_pd(hp);
+        acc[0] = _mm256_fmadd_pd(scale, _mm256_cvtepi32_pd(_mm256_castsi256_si128(prod)), acc[0]);
+        acc[1] = _mm256_fmadd_pd(scale, _mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(prod)), acc[1]);
+    }
+    (hsum_pd(_mm256_add_pd(acc[0], acc[1])) + _mm_cvtsd_f64(_mm_unpackhi_pd(summs, summs))) as f32
+}
+
+/// `out[i][r] = W[r] · x[i]` for a `[rows, cols]` Q4_1 weight (`w`, GGML block bytes) and
+/// `n_x` quantized activation rows (`xs`, `n_x * cols / 32` blocks), with the best path.
+/// `out` is `[n_x, rows]`, row-major.
+pub fn matmul(w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32]) -> Result<()> {
+    matmul_with(Isa::detect(), w, rows, cols, xs, out)
+}
+
+/// [`matmul`] with a forced path. Weight rows are split across candle's worker pool in groups
+/// of 16 rows; each weight row is read once for all activation rows.
+pub fn matmul_with(isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32]) -> Result<()> {
+    let bad = |why: String| Error::Invalid { what: "q4_1 matmul".into(), why };
+    if cols == 0 || !cols.is_multiple_of(QK) {
+        return Err(bad(format!("{cols} columns is not a positive multiple of {QK}")));
+    }
+    if rows.checked_mul(row_bytes(cols)) != Some(w.len()) {
+        return Err(bad(format!("{} weight bytes for [{rows}, {cols}] (expected {})", w.len(), rows * row_bytes(cols))));
+    }
+    let nb = cols / QK;
+    if !xs.len().is_multiple_of(nb) || xs.is_empty() {
+        return Err(bad(format!("{} activation blocks is not a positive multiple of {nb}", xs.len())));
+    }
+    let n_x = xs.len() / nb;
+    if out.len() != n_x * rows {
+        return Err(bad(format!("output holds {} values, expected {n_x} x {rows}", out.len())));
+    }
+    if !isa.supported() {
+        return Err(bad(format!("{isa:?} is not supported by this CPU")));
+    }
+    let rb = row_bytes(cols);
+    // Several activation rows are computed as [rows, n_x] so each weight row is read once,
+    // then transposed into `out`.
+    let mut t = if n_x == 1 { Vec::new() } else { vec![0f32; rows * n_x] };
+    let dst = SharedOut(if n_x == 1 { out.as_mut_ptr() } else { t.as_mut_ptr() });
+    let dst = &dst;
+    // candle's own worker pool (the one its ops use, the calling thread taking part): a
+    // second pool (rayon's) would spin against it for the same cores between ops.
+    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(GROUP), |groups| {
+        let r0 = groups.start * GROUP;
+        let r1 = (groups.end * GROUP).min(rows);
+        // SAFETY: `execute_chunked` hands out disjoint group ranges, so rows r0..r1 (and their
+        // n_x outputs each) are written by this closure call alone; the buffer outlives the
+        // call, which returns only after every worker has finished.
+        let ys = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r0 * n_x), (r1 - r0) * n_x) };
+        let ws = &w[r0 * rb..r1 * rb];
+        for (yr, wr) in ys.chunks_exact_mut(n_x).zip(ws.chunks_exact(rb)) {
+            for (y, xr) in yr.iter_mut().zip(xs.chunks_exact(nb)) {
+                *y = dot(isa, wr, xr);
+            }
+        }
+    });
+    if n_x > 1 {
+        for (r, ys) in t.chunks_exact(n_x).enumerate() {
+            for (i, &y) in ys.iter().enumerate() {
+                out[i * rows + r] = y;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::kernels::q8::quantize_row_with;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    /// SplitMix64 with a Box-Muller normal: deterministic test data without a dependency.
+    pub(crate) struct Rng(pub u64);
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        pub(crate) fn uniform(&mut self) -> f32 {
+            ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+        }
+        pub(crate) fn normal(&mut self) -> f32 {
+            let (u, v) = (self.uniform(), self.uniform());
+            (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        }
+    }
+
+    /// A random `[rows, cols]` weight quantized to Q4_1 by candle, with its bytes.
+    fn weight(rng: &mut Rng, rows: usize, cols: usize) -> (QTensor, Vec<u8>) {
+        let v: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.05 + 0.01).collect();
+        let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q4_1).unwrap();
+        let bytes = q.data().unwrap().into_owned();
+        (q, bytes)
+    }
+
+    /// The layout this module assumes (d, m, low nibbles = elements 0..16, high = 16..32)
+    /// decodes to exactly candle's own `dequantize` of the same bytes.
+    #[test]
+    fn q4_1_layout_matches_candle_dequantize() {
+        let mut rng = Rng(1);
+        let (rows, cols) = (17, 576);
+        let (q, bytes) = weight(&mut rng, rows, cols);
+        let want = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut got = Vec::with_capacity(rows * cols);
+        for blk in bytes.chunks_exact(BLOCK_BYTES) {
+            let d = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
+            let m = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]]));
+            let mut vals = [0f32; QK];
+            for j in 0..QK / 2 {
+                vals[j] = (blk[4 + j] & 0x0f) as f32 * d + m;
+                vals[j + QK / 2] = (blk[4 + j] >> 4) as f32 * d + m;
+            }
+            got.extend_from_slice(&vals);
+        }
+        assert_eq!(got, want, "bit-exact dequantization expected");
+    }
+
+    /// Every available path against an f64 evaluation of the same quantized data, on awkward
+    /// sizes and batches. Every path sums in f64, so the only error is the final rounding to
+    /// f32: tolerance 1.2e-7·|value| (one f32 ulp) + 1e-12·Σ|terms| (f64 summation order).
+    /// The integer parts are exact on every path.
+    #[test]
+    fn q4_1_matmul_paths_match_reference() {
+        let mut rng = Rng(3);
+        let mut worst = 0f64;
+        for cols in [32, 64, 576, 1536, 4096 + 32] {
+            for rows in [1, 3, 17, 100] {
+                let (_, w) = weight(&mut rng, rows, cols);
+                for n_x in [1, 3] {
+                    let x: Vec<f32> = (0..n_x * cols).map(|_| rng.normal()).collect();
+                    let xs = quantize_row_with(Isa::Scalar, &x).unwrap();
+                    let nb = cols / QK;
+                    let (want, scale) = reference(&w, rows, nb, &xs);
+                    for isa in Isa::available() {
+                        let mut out = vec![f32::NAN; n_x * rows];
+                        matmul_with(isa, &w, rows, cols, &xs, &mut out).unwrap();
+                        for k in 0..out.len() {
+                            let err = (out[k] as f64 - want[k]).abs();
+                            worst = worst.max(err / want[k].abs().max(1e-30));
+                            assert!(err <= 1.2e-7 * want[k].abs() + 1e-12 * scale[k], "{isa:?} rows {rows} cols {cols} n_x {n_x} [{k}]: {} vs {}", out[k], want[k]);
+                        }
+                    }
+                }
+            }
+        }
+        println!("q4_1 matmul: max |Δ| / |value| = {worst:.2e} (tolerance 1.2e-7 + 1e-12·Σ|terms|/|value|)");
+    }
+
+    /// `(value, Σ|terms|)` per output in `[n_x, rows]` order, in f64.
+    fn reference(w: &[u8], rows: usize, nb: usize, xs: &[BlockQ8]) -> (Vec<f64>, Vec<f64>) {
+        let (mut val, mut mag) = (Vec::new(), Vec::new());
+        for xr in xs.chunks_exact(nb) {
+            for wr in w.chunks_exact(nb * BLOCK_BYTES).take(rows) {
+                let (mut v, mut s) = (0f64, 1e-30f64);
+                for (blk, a) in wr.chunks_exact(BLOCK_BYTES).zip(xr) {
+                    let d = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]])) as f64;
+                    let m = f16_to_f32(u16::from_le_bytes([blk[2], blk[3]])) as f64;
+                    let mut sumi = 0i64;
+                    for j in 0..QK / 2 {
+                        sumi += (blk[4 + j] & 0x0f) as i64 * a.qs[j] as i64 + (blk[4 + j] >> 4) as i64 * a.qs[j + QK / 2] as i64;
+                    }
+                    let (t1, t2) = (d * a.d as f64 * sumi as f64, m * a.s as f64);
+                    v += t1 + t2;
+                    s += t1.abs() + t2.abs();
+                }
+                val.push(v);
+                mag.push(s);
+            }
+        }
+        (val, mag)
+    }
+
+    /// The kernel's result is close to candle's f32 matmul of the dequantized weight: the only
+    /// difference is the 8-bit activation rounding (≤ d/2 per value). Tolerance 1% of
+    /// Σ|w·x|, printed.
+    #[test]
+    fn q4_1_matmul_close_to_f32() {
+        let mut rng = Rng(5);
+        let (rows, cols) = (100, 576);
+        let (q, w) = weight(&mut rng, rows, cols);
+        let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
+        let wf = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let xs = crate::kernels::q8::quantize_row(&x).unwrap();
+        let mut out = vec![0f32; rows];
+        matmul(&w, rows, cols, &xs, &mut out).unwrap();
+        let mut worst = 0f32;
+        for r in 0..rows {
+            let wr = &wf[r * cols..(r + 1) * cols];
+            let exact: f32 = wr.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let mag: f32 = wr.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+            worst = worst.max((out[r] - exact).abs() / mag);
+            assert!((out[r] - exact).abs() <= 0.01 * mag, "row {r}: {} vs {exact}", out[r]);
+        }
+        println!("q4_1 vs f32: max |Δ| / Σ|w·x| = {worst:.2e} (tolerance 1e-2)");
+    }
+
+    /// Throughput of each path on SmolLM2's MLP shape (run by hand with `--ignored
+    /// --nocapture`; timing is not asserted, the machine is shared).
+    #[test]
+    #[ignore]
+    fn q4_1_kernel_speed() {
+        let mut rng = Rng(9);
+        let (rows, cols) = (1536, 576);
+        let (_, w) = weight(&mut rng, rows, cols);
+        let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
+        let xs = quantize_row_with(Isa::Scalar, &x).unwrap();
+        let mut out = vec![0f32; rows];
+        for isa in Isa::available() {
+            let n = 2000;
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                matmul_with(isa, &w, rows, cols, &xs, &mut out).unwrap();
+            }
+            let dt = t.elapsed().as_secs_f64() / n as f64;
+            println!("{isa:?}: {:.1} us per [{rows}x{cols}] matvec, {:.2} GB/s of weights", dt * 1e6, w.len() as f64 / dt / 1e9);
+        }
+    }
+
+    #[test]
+    fn q4_1_matmul_rejects_bad_shapes() {
+        let xs = vec![BlockQ8::default(); 2];
+        let mut out = vec![0f32; 2];
+        assert!(matmul(&[0u8; 80], 2, 64, &xs, &mut out).is_ok());
+        assert!(matmul(&[0u8; 79], 2, 64, &xs, &mut out).is_err());
+        assert!(matmul(&[0u8; 80], 2, 63, &xs, &mut out).is_err());
+        assert!(matmul(&[0u8; 80], 2, 64, &xs[..1], &mut out).is_err());
+        assert!(matmul(&[0u8; 80], 2, 64, &xs, &mut out[..1]).is_err());
+    }
+}
