@@ -233,7 +233,15 @@ impl QLinear {
         for id in ids {
             let Some(Some(l)) = slots.get(id) else { continue };
             let mine: Vec<u32> = rows.iter().enumerate().filter(|(_, r)| **r == Some(id)).map(|(i, _)| i as u32).collect();
-            if mine.len() == b && rows.len() == b {
+            if b < DEQUANT_MIN_ROWS {
+                // A decode batch: each row is its own sequence. Its delta is computed alone, as
+                // it would be without the batch; a GEMM over several rows may sum in another
+                // order, and a near-tie then flips a greedy token with the batch's make-up.
+                for &i in &mine {
+                    let d = l.delta(&x.narrow(0, i as usize, 1)?)?;
+                    y = y.index_add(&Tensor::new(&[i], x.device())?, &d, 0)?;
+                }
+            } else if mine.len() == b && rows.len() == b {
                 y = (y + l.delta(x)?)?;
             } else {
                 let idx = Tensor::new(mine.as_slice(), x.device())?;
