@@ -1,22 +1,11 @@
 //! The binary end to end on the real default model (SmolLM2-135M-Instruct Q4_1 GGUF).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 use plinth_testutil::smollm2_gguf;
 use serde_json::Value;
 
 fn plinth(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    plinth_testutil::run_with_stdin(env!("CARGO_BIN_EXE_plinth"), args, stdin)
 }
 
 fn model() -> String {

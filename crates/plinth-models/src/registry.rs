@@ -157,14 +157,21 @@ pub fn is_encoder_type(model_type: &str) -> bool {
 /// Loads an encoder from a Hugging Face directory (`config.json` + safetensors). The head is
 /// chosen by `architectures[0]` (see [`crate::EncoderHead::from_config`]).
 pub fn load_encoder(dir: &Path) -> Result<Box<dyn Encoder>> {
+    let (json, config_path, model_type) = read_model_type(dir)?;
+    let arch = find_encoder(&model_type)
+        .ok_or_else(|| Error::UnknownArchitecture { name: model_type.clone(), supported: supported_encoders() })?;
+    let w = Weights::Safetensors(Arc::new(SafetensorsWeights::open_dir(dir)?));
+    (arch.hf)(&json, &config_path, &w, &model_type)
+}
+
+/// A Hugging Face directory's `config.json`, its path and its required `model_type`.
+pub(crate) fn read_model_type(dir: &Path) -> Result<(serde_json::Value, std::path::PathBuf, String)> {
     let json = safetensors::read_config(dir)?;
     let config_path = dir.join("config.json");
     let model_type = json
         .get("model_type")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| Error::missing(&config_path, "config field 'model_type'"))?;
-    let arch = find_encoder(model_type)
-        .ok_or_else(|| Error::UnknownArchitecture { name: model_type.to_string(), supported: supported_encoders() })?;
-    let w = Weights::Safetensors(Arc::new(SafetensorsWeights::open_dir(dir)?));
-    (arch.hf)(&json, &config_path, &w, model_type)
+        .ok_or_else(|| Error::missing(&config_path, "config field 'model_type'"))?
+        .to_string();
+    Ok((json, config_path, model_type))
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use plinth_core::{Error, Result};
-use plinth_io::safetensors::{self, SafetensorsWeights};
+use plinth_io::safetensors::SafetensorsWeights;
 
 use crate::models;
 use crate::weights::Weights;
@@ -138,16 +138,11 @@ pub fn is_seq2seq_type(model_type: &str) -> bool {
 /// Loads an encoder-decoder model from a Hugging Face directory (`config.json` +
 /// safetensors), dispatching on `model_type`.
 pub fn load_seq2seq(dir: &Path) -> Result<Box<dyn Seq2Seq>> {
-    let json = safetensors::read_config(dir)?;
-    let config_path = dir.join("config.json");
-    let model_type = json
-        .get("model_type")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| Error::missing(&config_path, "config field 'model_type'"))?;
-    let loader = find_seq2seq(model_type)
-        .ok_or_else(|| Error::UnknownArchitecture { name: model_type.to_string(), supported: supported_seq2seq() })?;
+    let (json, config_path, model_type) = crate::registry::read_model_type(dir)?;
+    let loader = find_seq2seq(&model_type)
+        .ok_or_else(|| Error::UnknownArchitecture { name: model_type.clone(), supported: supported_seq2seq() })?;
     let w = Weights::Safetensors(Arc::new(SafetensorsWeights::open_dir(dir)?));
-    loader(&json, &config_path, &w, model_type)
+    loader(&json, &config_path, &w, &model_type)
 }
 
 /// A boolean config field; absent or null gives `default`.

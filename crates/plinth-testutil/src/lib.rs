@@ -162,3 +162,23 @@ pub fn write_temp(name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).expect("write temp file");
     p
 }
+
+/// Runs a binary (the CLI tests pass `env!("CARGO_BIN_EXE_plinth")`) with `args`, offline
+/// (`HF_HUB_OFFLINE=1`), feeding `stdin`; returns the exit code (-1 if killed by a signal),
+/// stdout and stderr. A command that fails before reading stdin may have closed it already,
+/// so a failed write to it is not an error here.
+pub fn run_with_stdin(bin: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+    let _ = child.stdin.take().expect("piped stdin").write_all(stdin.as_bytes());
+    let out = child.wait_with_output().expect("waiting for the command");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
