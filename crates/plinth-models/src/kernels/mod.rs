@@ -44,24 +44,126 @@ pub fn set_enabled(on: bool) {
 /// where they do not apply (a weight type without a kernel, or weight bytes that are not
 /// CPU-resident), so the caller keeps candle's path. Each input row is quantized once.
 pub fn quantized_matmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
-    if w.dtype() != GgmlDType::Q4_1 {
-        return Ok(None);
-    }
     let (out_dim, in_dim) = w.shape().dims2()?;
-    if in_dim % q8::QK != 0 || x.dim(candle_core::D::Minus1)? != in_dim {
+    if x.dim(candle_core::D::Minus1)? != in_dim {
         return Ok(None);
     }
+    let isa = Isa::detect();
     // On CPU `data()` borrows the tensor's own block bytes: no copy per call or at load.
-    let Cow::Borrowed(bytes) = w.data()? else { return Ok(None) };
+    let run = |xv: &[f32], out: &mut [f32]| -> Result<bool> {
+        let Cow::Borrowed(bytes) = w.data()? else { return Ok(false) };
+        match w.dtype() {
+            GgmlDType::Q4_1 => with_q8(&q4_1::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
+            _ => Ok(false),
+        }
+    };
     let xv = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let n = xv.len() / in_dim;
-    let xs = q8::quantize_row(&xv)?;
-    let mut out = vec![0f32; n * out_dim];
-    q4_1::matmul(bytes, out_dim, in_dim, &xs, &mut out)?;
+    let mut out = vec![0f32; xv.len() / in_dim * out_dim];
+    if !run(&xv, &mut out)? {
+        return Ok(None);
+    }
     let mut shape = x.dims().to_vec();
     let last = shape.len() - 1; // x.dim(D::Minus1) succeeded above, so there is one
     shape[last] = out_dim;
     Ok(Some(Tensor::from_vec(out, shape, x.device())?.to_dtype(x.dtype())?))
+}
+
+/// Quantizes `x` to [`q8::BlockQ8`] rows and runs format `f`; `false` when `cols` does not
+/// fit the format's blocks (the caller falls back).
+fn with_q8(f: &Format<q8::BlockQ8>, isa: Isa, w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) -> Result<bool> {
+    if !cols.is_multiple_of(f.block_values.max(q8::QK)) {
+        return Ok(false);
+    }
+    let mut xs = vec![q8::BlockQ8::default(); x.len() / q8::QK];
+    q8::quantize_into(isa, x, &mut xs)?;
+    matmul_rows(f, isa, w, rows, cols, &xs, out)?;
+    Ok(true)
+}
+
+/// An activation block type: how many values one block quantizes.
+pub trait ActBlock: Copy + Sync {
+    const VALUES: usize;
+}
+
+impl ActBlock for q8::BlockQ8 {
+    const VALUES: usize = q8::QK;
+}
+
+/// What the shared driver needs to know about a weight format: its block geometry and its
+/// row kernel, `dot(isa, one weight row's bytes, one activation row) -> f32` (the `isa` is
+/// always one [`Isa::supported`] accepted).
+pub(crate) struct Format<A> {
+    pub name: &'static str,
+    /// Weight values per block.
+    pub block_values: usize,
+    /// Bytes per weight block.
+    pub block_bytes: usize,
+    pub dot: fn(Isa, &[u8], &[A]) -> f32,
+}
+
+/// Weight rows per unit of parallel work (a thread takes whole groups).
+const GROUP: usize = 16;
+
+/// The output buffer shared by the workers, each writing its own rows.
+struct SharedOut(*mut f32);
+// SAFETY: workers write disjoint row ranges only (see `matmul_rows`).
+unsafe impl Sync for SharedOut {}
+
+/// `out[i][r] = W[r] · x[i]` for a `[rows, cols]` weight in format `f` (`w`, GGML block bytes)
+/// and `n_x` quantized activation rows (`xs`, `n_x * cols / A::VALUES` blocks); `out` is
+/// `[n_x, rows]`, row-major. Weight rows are split across candle's worker pool in groups of
+/// 16; each weight row is read once for all activation rows.
+pub(crate) fn matmul_rows<A: ActBlock>(f: &Format<A>, isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[A], out: &mut [f32]) -> Result<()> {
+    let bad = |why: String| plinth_core::Error::Invalid { what: format!("{} matmul", f.name), why };
+    let unit = f.block_values.max(A::VALUES);
+    if cols == 0 || !cols.is_multiple_of(unit) {
+        return Err(bad(format!("{cols} columns is not a positive multiple of {unit}")));
+    }
+    let rb = cols / f.block_values * f.block_bytes;
+    if rows.checked_mul(rb) != Some(w.len()) {
+        return Err(bad(format!("{} weight bytes for [{rows}, {cols}] (expected {})", w.len(), rows * rb)));
+    }
+    let nb = cols / A::VALUES;
+    if !xs.len().is_multiple_of(nb) || xs.is_empty() {
+        return Err(bad(format!("{} activation blocks is not a positive multiple of {nb}", xs.len())));
+    }
+    let n_x = xs.len() / nb;
+    if out.len() != n_x * rows {
+        return Err(bad(format!("output holds {} values, expected {n_x} x {rows}", out.len())));
+    }
+    if !isa.supported() {
+        return Err(bad(format!("{isa:?} is not supported by this CPU")));
+    }
+    let dot = f.dot;
+    // Several activation rows are computed as [rows, n_x] so each weight row is read once,
+    // then transposed into `out`.
+    let mut t = if n_x == 1 { Vec::new() } else { vec![0f32; rows * n_x] };
+    let dst = SharedOut(if n_x == 1 { out.as_mut_ptr() } else { t.as_mut_ptr() });
+    let dst = &dst;
+    // candle's own worker pool (the one its ops use, the calling thread taking part): a
+    // second pool (rayon's) would spin against it for the same cores between ops.
+    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(GROUP), |groups| {
+        let r0 = groups.start * GROUP;
+        let r1 = (groups.end * GROUP).min(rows);
+        // SAFETY: `execute_chunked` hands out disjoint group ranges, so rows r0..r1 (and their
+        // n_x outputs each) are written by this closure call alone; the buffer outlives the
+        // call, which returns only after every worker has finished.
+        let ys = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r0 * n_x), (r1 - r0) * n_x) };
+        let ws = &w[r0 * rb..r1 * rb];
+        for (yr, wr) in ys.chunks_exact_mut(n_x).zip(ws.chunks_exact(rb)) {
+            for (y, xr) in yr.iter_mut().zip(xs.chunks_exact(nb)) {
+                *y = dot(isa, wr, xr);
+            }
+        }
+    });
+    if n_x > 1 {
+        for (r, ys) in t.chunks_exact(n_x).enumerate() {
+            for (i, &y) in ys.iter().enumerate() {
+                out[i * rows + r] = y;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Which instruction set a kernel runs with.

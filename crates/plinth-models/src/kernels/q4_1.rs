@@ -7,18 +7,10 @@
 
 use super::q8::{BlockQ8, QK};
 use super::{f16_to_f32, Isa};
-use plinth_core::{Error, Result};
+use plinth_core::Result;
 
 /// Bytes per block of 32 weights.
 pub const BLOCK_BYTES: usize = 20;
-
-/// Weight rows per unit of parallel work (a thread takes whole groups).
-const GROUP: usize = 16;
-
-/// The output buffer shared by the workers, each writing its own rows.
-struct SharedOut(*mut f32);
-// SAFETY: workers write disjoint row ranges only (see `matmul_with`).
-unsafe impl Sync for SharedOut {}
 
 /// Bytes of one weight row of `cols` values.
 pub fn row_bytes(cols: usize) -> usize {
@@ -136,58 +128,13 @@ pub fn matmul(w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32
     matmul_with(Isa::detect(), w, rows, cols, xs, out)
 }
 
-/// [`matmul`] with a forced path. Weight rows are split across candle's worker pool in groups
-/// of 16 rows; each weight row is read once for all activation rows.
+/// [`matmul`] with a forced path (see [`super::matmul_rows`] for the work split).
 pub fn matmul_with(isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32]) -> Result<()> {
-    let bad = |why: String| Error::Invalid { what: "q4_1 matmul".into(), why };
-    if cols == 0 || !cols.is_multiple_of(QK) {
-        return Err(bad(format!("{cols} columns is not a positive multiple of {QK}")));
-    }
-    if rows.checked_mul(row_bytes(cols)) != Some(w.len()) {
-        return Err(bad(format!("{} weight bytes for [{rows}, {cols}] (expected {})", w.len(), rows * row_bytes(cols))));
-    }
-    let nb = cols / QK;
-    if !xs.len().is_multiple_of(nb) || xs.is_empty() {
-        return Err(bad(format!("{} activation blocks is not a positive multiple of {nb}", xs.len())));
-    }
-    let n_x = xs.len() / nb;
-    if out.len() != n_x * rows {
-        return Err(bad(format!("output holds {} values, expected {n_x} x {rows}", out.len())));
-    }
-    if !isa.supported() {
-        return Err(bad(format!("{isa:?} is not supported by this CPU")));
-    }
-    let rb = row_bytes(cols);
-    // Several activation rows are computed as [rows, n_x] so each weight row is read once,
-    // then transposed into `out`.
-    let mut t = if n_x == 1 { Vec::new() } else { vec![0f32; rows * n_x] };
-    let dst = SharedOut(if n_x == 1 { out.as_mut_ptr() } else { t.as_mut_ptr() });
-    let dst = &dst;
-    // candle's own worker pool (the one its ops use, the calling thread taking part): a
-    // second pool (rayon's) would spin against it for the same cores between ops.
-    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(GROUP), |groups| {
-        let r0 = groups.start * GROUP;
-        let r1 = (groups.end * GROUP).min(rows);
-        // SAFETY: `execute_chunked` hands out disjoint group ranges, so rows r0..r1 (and their
-        // n_x outputs each) are written by this closure call alone; the buffer outlives the
-        // call, which returns only after every worker has finished.
-        let ys = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r0 * n_x), (r1 - r0) * n_x) };
-        let ws = &w[r0 * rb..r1 * rb];
-        for (yr, wr) in ys.chunks_exact_mut(n_x).zip(ws.chunks_exact(rb)) {
-            for (y, xr) in yr.iter_mut().zip(xs.chunks_exact(nb)) {
-                *y = dot(isa, wr, xr);
-            }
-        }
-    });
-    if n_x > 1 {
-        for (r, ys) in t.chunks_exact(n_x).enumerate() {
-            for (i, &y) in ys.iter().enumerate() {
-                out[i * rows + r] = y;
-            }
-        }
-    }
-    Ok(())
+    super::matmul_rows(&FORMAT, isa, w, rows, cols, xs, out)
 }
+
+/// Q4_1 for the shared matmul driver.
+pub(crate) const FORMAT: super::Format<BlockQ8> = super::Format { name: "q4_1", block_values: QK, block_bytes: BLOCK_BYTES, dot };
 
 #[cfg(test)]
 pub(crate) mod tests {
