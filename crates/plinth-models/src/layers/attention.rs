@@ -37,6 +37,19 @@ pub struct AttentionOptions {
 /// `softmax(q k^T * scale + mask) v` where `q` is `[1, heads, seq, d]` and `k`, `v` are
 /// `[1, kv_heads, total, d]`; query heads are grouped onto kv heads without copying k/v.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, opts: AttentionOptions) -> Result<Tensor> {
+    let (_, _, seq, d) = q.dims4()?;
+    let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    if seq == 1 {
+        if let Some(out) = super::decode_attention::decode_attention(q, k, v, mask, scale as f32, opts.softcap.map(|c| c as f32))? {
+            return Ok(out);
+        }
+    }
+    general_attention(q, k, v, mask, opts)
+}
+
+/// [`scaled_dot_product_attention`] through candle ops (two GEMMs and a softmax): every shape,
+/// dtype and autodiff.
+pub(crate) fn general_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, opts: AttentionOptions) -> Result<Tensor> {
     let (b, heads, seq, d) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     let group = heads / kv_heads;

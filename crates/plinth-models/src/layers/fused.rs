@@ -173,7 +173,7 @@ pub fn bias_residual_layer_norm(x: &Tensor, residual: &Tensor, bias: &[f32], gam
 /// Sum with eight independent accumulators (vectorizes; the order differs from a serial
 /// sum only by rounding).
 #[inline(always)]
-fn sum8(a: &[f32]) -> f32 {
+pub(crate) fn sum8(a: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let mut chunks = a.chunks_exact(8);
     for c in &mut chunks {
@@ -185,7 +185,7 @@ fn sum8(a: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
     for (x, y) in (&mut ca).zip(&mut cb) {

@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod attention;
 pub mod cross_attention;
+pub mod decode_attention;
 pub mod fused;
 pub mod linear;
 pub mod norm;

@@ -1,0 +1,186 @@
+//! Attention for one new token per sequence (decode), reading the KV cache in place.
+//!
+//! The general path ([`super::scaled_dot_product_attention`]) copies the cached keys and
+//! values into contiguous tensors and runs two small GEMMs with a softmax between them: per
+//! decoded token that is one read and one write of the whole cache per layer plus GEMM packing,
+//! several times the work of reading the cache once. Here each query head streams its kv head's
+//! keys (scores), takes the softmax, and streams the values (weighted sum), straight from the
+//! cache's strided storage; heads are split across candle's worker pool.
+
+use super::fused::{dot8, exp};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use plinth_core::Result;
+
+/// `softmax(q k^T * scale + mask) v` for `q` `[1, heads, 1, d]` and `k`, `v`
+/// `[1, kv_heads, total, d]` (any strides with a contiguous last dimension, e.g. a view of a
+/// cache buffer), f32 only; `mask` holds `total` additive values. Returns `None` where the
+/// inputs do not fit (other dtypes or shapes, or tensors that need gradients), so the caller
+/// keeps the general path.
+pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f32, softcap: Option<f32>) -> Result<Option<Tensor>> {
+    let f32s = [q, k, v].iter().all(|t| t.dtype() == candle_core::DType::F32 && !t.track_op());
+    if !f32s || q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
+        return Ok(None);
+    }
+    let (b, heads, seq, d) = q.dims4()?;
+    let (kb, kv_heads, total, kd) = k.dims4()?;
+    if b != 1 || seq != 1 || kb != 1 || kd != d || v.dims() != k.dims() || kv_heads == 0 || heads % kv_heads != 0 {
+        return Ok(None);
+    }
+    let mask = match mask {
+        Some(m) if m.elem_count() == total => Some(m.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+        Some(_) => return Ok(None),
+        None => None,
+    };
+    let op = DecodeAttention { heads, kv_heads, total, d, scale, softcap, mask };
+    Ok(Some(q.apply_op3_no_bwd(k, v, &op)?))
+}
+
+struct DecodeAttention {
+    heads: usize,
+    kv_heads: usize,
+    total: usize,
+    d: usize,
+    scale: f32,
+    softcap: Option<f32>,
+    mask: Option<Vec<f32>>,
+}
+
+/// A `[1, kv_heads, total, d]` view: the storage, the offset of `(h, t)` rows and their strides.
+struct Rows<'a> {
+    data: &'a [f32],
+    start: usize,
+    head_stride: usize,
+    pos_stride: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(s: &'a CpuStorage, l: &Layout, d: usize, op: &'static str) -> candle_core::Result<Self> {
+        let CpuStorage::F32(data) = s else {
+            return Err(candle_core::Error::UnsupportedDTypeForOp(candle_core::backend::BackendStorage::dtype(s), op));
+        };
+        let st = l.stride();
+        if st.len() != 4 || (st[3] != 1 && d > 1) {
+            return Err(candle_core::Error::RequiresContiguous { op });
+        }
+        let (kvh, total) = (l.dims()[1], l.dims()[2]);
+        // The farthest element read must lie inside the storage.
+        let last = l.start_offset() + (kvh.max(1) - 1) * st[1] + (total.max(1) - 1) * st[2] + d;
+        if last > data.len() {
+            return Err(candle_core::Error::Msg(format!("{op}: view of {last} values over {}", data.len())));
+        }
+        Ok(Rows { data, start: l.start_offset(), head_stride: st[1], pos_stride: st[2] })
+    }
+
+    #[inline]
+    fn row(&self, h: usize, t: usize, d: usize) -> &'a [f32] {
+        let o = self.start + h * self.head_stride + t * self.pos_stride;
+        &self.data[o..o + d]
+    }
+}
+
+struct SharedOut(*mut f32);
+// SAFETY: each worker writes only the output rows of the heads it was handed.
+unsafe impl Sync for SharedOut {}
+
+impl CustomOp3 for DecodeAttention {
+    fn name(&self) -> &'static str {
+        "decode-attention"
+    }
+
+    fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (heads, d, total) = (self.heads, self.d, self.total);
+        let q = match (qs, ql.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) if b - a == heads * d => &v[a..b],
+            _ => return Err(candle_core::Error::RequiresContiguous { op: "decode-attention q" }),
+        };
+        let k = Rows::new(ks, kl, d, "decode-attention k")?;
+        let v = Rows::new(vs, vl, d, "decode-attention v")?;
+        let group = heads / self.kv_heads;
+        let mut out = vec![0f32; heads * d];
+        let dst = SharedOut(out.as_mut_ptr());
+        let dst = &dst;
+        candle_core::utils::barrier_pool().execute_chunked(heads, |hs| {
+            let mut p = vec![0f32; total];
+            for h in hs {
+                let g = h / group;
+                let qh = &q[h * d..(h + 1) * d];
+                for (t, pt) in p.iter_mut().enumerate() {
+                    let mut s = dot8(qh, k.row(g, t, d)) * self.scale;
+                    if let Some(c) = self.softcap {
+                        s = c * (2.0 / (1.0 + exp(-2.0 * s / c)) - 1.0);
+                    }
+                    *pt = s;
+                }
+                if let Some(m) = &self.mask {
+                    p.iter_mut().zip(m).for_each(|(s, m)| *s += m);
+                }
+                let max = p.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                // A fully masked row (max = -inf) gives zeros, not NaN.
+                let max = if max.is_finite() { max } else { 0.0 };
+                p.iter_mut().for_each(|s| *s = exp(*s - max));
+                let sum: f32 = super::fused::sum8(&p);
+                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                // SAFETY: heads are handed out in disjoint ranges, so head h's row is written by
+                // this call alone; `out` outlives `execute_chunked`, which waits for all workers.
+                let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(h * d), d) };
+                for (t, &pt) in p.iter().enumerate() {
+                    let w = pt * inv;
+                    o.iter_mut().zip(v.row(g, t, d)).for_each(|(o, &x)| *o += w * x);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((1, heads, 1, d))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::attention::general_attention;
+    use crate::layers::{causal_mask, AttentionOptions};
+    use candle_core::{Device, IndexOp};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Against the general path on a strided cache view (capacity > length, as the KV cache
+    /// hands out), grouped heads, with and without a sliding-window mask and soft-capping.
+    #[test]
+    fn decode_attention_matches_general_path() {
+        for (heads, kvh, total, d, window, cap) in
+            [(9, 3, 37, 64, None, None), (4, 4, 1, 8, None, None), (8, 2, 50, 16, Some(20), None), (6, 3, 33, 24, None, Some(5.0))]
+        {
+            let cap_buf = total + 11;
+            let kbuf = rand(&[1, kvh, cap_buf, d], 1);
+            let vbuf = rand(&[1, kvh, cap_buf, d], 2);
+            let (k, v) = (kbuf.narrow(2, 0, total).unwrap(), vbuf.narrow(2, 0, total).unwrap());
+            let q = rand(&[1, heads, 1, d], 3);
+            let mask = window.map(|w| causal_mask(1, total - 1, Some(w), &Device::Cpu).unwrap());
+            let opts = AttentionOptions { scale: None, softcap: cap };
+            let want = general_attention(&q, &k, &v, mask.as_ref(), opts).unwrap();
+            let scale = 1.0 / (d as f32).sqrt();
+            let got = decode_attention(&q, &k, &v, mask.as_ref(), scale, cap.map(|c| c as f32)).unwrap().expect("applies");
+            let diff = (got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 2e-5, "heads {heads} kv {kvh} total {total}: max |Δ| {diff}");
+            assert_eq!(want.i((0, 0, 0)).unwrap().dims(), [d]);
+        }
+    }
+
+    #[test]
+    fn decode_attention_declines_what_it_cannot_do() {
+        let q = rand(&[1, 4, 2, 8], 1); // two query positions
+        let k = rand(&[1, 2, 5, 8], 2);
+        assert!(decode_attention(&q, &k, &k, None, 1.0, None).unwrap().is_none());
+        let q = rand(&[1, 3, 1, 8], 1); // 3 heads on 2 kv heads
+        assert!(decode_attention(&q, &k, &k, None, 1.0, None).unwrap().is_none());
+    }
+}
