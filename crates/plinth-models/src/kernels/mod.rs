@@ -44,40 +44,60 @@ pub fn set_enabled(on: bool) {
 /// where they do not apply (a weight type without a kernel, or weight bytes that are not
 /// CPU-resident), so the caller keeps candle's path. Each input row is quantized once.
 pub fn quantized_matmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
-    let (out_dim, in_dim) = w.shape().dims2()?;
-    if x.dim(candle_core::D::Minus1)? != in_dim {
-        return Ok(None);
-    }
-    let isa = Isa::detect();
-    // On CPU `data()` borrows the tensor's own block bytes: no copy per call or at load.
-    let run = |xv: &[f32], out: &mut [f32]| -> Result<bool> {
-        let Cow::Borrowed(bytes) = w.data()? else { return Ok(false) };
-        match w.dtype() {
-            GgmlDType::Q4_1 => with_q8(&q4_1::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
-            _ => Ok(false),
-        }
-    };
-    let xv = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; xv.len() / in_dim * out_dim];
-    if !run(&xv, &mut out)? {
-        return Ok(None);
-    }
-    let mut shape = x.dims().to_vec();
-    let last = shape.len() - 1; // x.dim(D::Minus1) succeeded above, so there is one
-    shape[last] = out_dim;
-    Ok(Some(Tensor::from_vec(out, shape, x.device())?.to_dtype(x.dtype())?))
+    Ok(quantized_matmul_many(&[w], x)?.and_then(|mut v| v.pop()))
 }
 
-/// Quantizes `x` to [`q8::BlockQ8`] rows and runs format `f`; `false` when `cols` does not
-/// fit the format's blocks (the caller falls back).
-fn with_q8(f: &Format<q8::BlockQ8>, isa: Isa, w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) -> Result<bool> {
-    if !cols.is_multiple_of(f.block_values.max(q8::QK)) {
-        return Ok(false);
+/// [`quantized_matmul`] for several weights sharing the input `x` (a layer's q/k/v, or
+/// gate/up): `x` is quantized once and the workers are woken once. `None` unless every weight
+/// has a kernel with the same activation format.
+pub fn quantized_matmul_many(ws: &[&QTensor], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+    let in_dim = x.dim(candle_core::D::Minus1)?;
+    let mut dims = Vec::with_capacity(ws.len());
+    let mut bytes = Vec::with_capacity(ws.len());
+    let mut formats = Vec::with_capacity(ws.len());
+    for w in ws {
+        let (out_dim, cols) = w.shape().dims2()?;
+        let Some(f) = q8_format(w.dtype()) else { return Ok(None) };
+        if cols != in_dim || !cols.is_multiple_of(f.block_values.max(q8::QK)) {
+            return Ok(None);
+        }
+        // On CPU `data()` borrows the tensor's own block bytes: no copy per call or at load.
+        let Cow::Borrowed(b) = w.data()? else { return Ok(None) };
+        dims.push(out_dim);
+        bytes.push(b);
+        formats.push(f);
     }
-    let mut xs = vec![q8::BlockQ8::default(); x.len() / q8::QK];
-    q8::quantize_into(isa, x, &mut xs)?;
-    matmul_rows(f, isa, w, rows, cols, &xs, out)?;
-    Ok(true)
+    let isa = Isa::detect();
+    let xv = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let n = xv.len() / in_dim.max(1);
+    let mut xs = vec![q8::BlockQ8::default(); xv.len() / q8::QK];
+    q8::quantize_into(isa, &xv, &mut xs)?;
+    let mut outs: Vec<Vec<f32>> = dims.iter().map(|&d| vec![0f32; n * d]).collect();
+    let mut parts: Vec<Part<'_, q8::BlockQ8>> = formats
+        .iter()
+        .zip(&bytes)
+        .zip(&dims)
+        .zip(outs.iter_mut())
+        .map(|(((f, w), &rows), out)| Part { format: *f, w, rows, out: out.as_mut_slice() })
+        .collect();
+    matmul_rows_many(&mut parts, isa, in_dim, &xs)?;
+    drop(parts);
+    let mut ys = Vec::with_capacity(outs.len());
+    for (out, d) in outs.into_iter().zip(dims) {
+        let mut shape = x.dims().to_vec();
+        let last = shape.len() - 1; // x.dim(D::Minus1) succeeded above, so there is one
+        shape[last] = d;
+        ys.push(Tensor::from_vec(out, shape, x.device())?.to_dtype(x.dtype())?);
+    }
+    Ok(Some(ys))
+}
+
+/// The kernel of a weight type whose activations are [`q8::BlockQ8`] rows.
+fn q8_format(dt: GgmlDType) -> Option<&'static Format<q8::BlockQ8>> {
+    match dt {
+        GgmlDType::Q4_1 => Some(&q4_1::FORMAT),
+        _ => None,
+    }
 }
 
 /// An activation block type: how many values one block quantizes.
@@ -99,6 +119,9 @@ pub(crate) struct Format<A> {
     /// Bytes per weight block.
     pub block_bytes: usize,
     pub dot: fn(Isa, &[u8], &[A]) -> f32,
+    /// Optionally, four consecutive rows (`4 · row bytes`) at once, sharing the activation's
+    /// loads: `[dot(row 0), .., dot(row 3)]`, within float rounding.
+    pub dot4: Option<fn(Isa, &[u8], &[A]) -> [f32; 4]>,
 }
 
 /// Weight rows per unit of parallel work (a thread takes whole groups).
@@ -111,55 +134,102 @@ unsafe impl Sync for SharedOut {}
 
 /// `out[i][r] = W[r] · x[i]` for a `[rows, cols]` weight in format `f` (`w`, GGML block bytes)
 /// and `n_x` quantized activation rows (`xs`, `n_x * cols / A::VALUES` blocks); `out` is
-/// `[n_x, rows]`, row-major. Weight rows are split across candle's worker pool in groups of
-/// 16; each weight row is read once for all activation rows.
+/// `[n_x, rows]`, row-major. See [`matmul_rows_many`].
 pub(crate) fn matmul_rows<A: ActBlock>(f: &Format<A>, isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[A], out: &mut [f32]) -> Result<()> {
-    let bad = |why: String| plinth_core::Error::Invalid { what: format!("{} matmul", f.name), why };
-    let unit = f.block_values.max(A::VALUES);
-    if cols == 0 || !cols.is_multiple_of(unit) {
-        return Err(bad(format!("{cols} columns is not a positive multiple of {unit}")));
-    }
-    let rb = cols / f.block_values * f.block_bytes;
-    if rows.checked_mul(rb) != Some(w.len()) {
-        return Err(bad(format!("{} weight bytes for [{rows}, {cols}] (expected {})", w.len(), rows * rb)));
-    }
+    matmul_rows_many(&mut [Part { format: f, w, rows, out }], isa, cols, xs)
+}
+
+/// One weight of a [`matmul_rows_many`] call and its output `[n_x, rows]`.
+pub(crate) struct Part<'a, A> {
+    pub format: &'a Format<A>,
+    pub w: &'a [u8],
+    pub rows: usize,
+    pub out: &'a mut [f32],
+}
+
+/// Several weights with the same input (q/k/v, or gate/up) against the same quantized
+/// activation rows, in one hand-off to the worker pool: the activations are quantized once by
+/// the caller and the threads are woken once. Weight rows are split across candle's worker
+/// pool in groups of 16; each weight row is read once for all activation rows.
+pub(crate) fn matmul_rows_many<A: ActBlock>(parts: &mut [Part<'_, A>], isa: Isa, cols: usize, xs: &[A]) -> Result<()> {
     let nb = cols / A::VALUES;
-    if !xs.len().is_multiple_of(nb) || xs.is_empty() {
-        return Err(bad(format!("{} activation blocks is not a positive multiple of {nb}", xs.len())));
+    let n_x = if nb == 0 { 0 } else { xs.len() / nb };
+    let mut work = Vec::with_capacity(parts.len());
+    for p in parts.iter_mut() {
+        let f = p.format;
+        let bad = |why: String| plinth_core::Error::Invalid { what: format!("{} matmul", f.name), why };
+        let unit = f.block_values.max(A::VALUES);
+        if cols == 0 || !cols.is_multiple_of(unit) {
+            return Err(bad(format!("{cols} columns is not a positive multiple of {unit}")));
+        }
+        let rb = cols / f.block_values * f.block_bytes;
+        if p.rows.checked_mul(rb) != Some(p.w.len()) {
+            return Err(bad(format!("{} weight bytes for [{}, {cols}] (expected {})", p.w.len(), p.rows, p.rows * rb)));
+        }
+        if !xs.len().is_multiple_of(nb) || xs.is_empty() {
+            return Err(bad(format!("{} activation blocks is not a positive multiple of {nb}", xs.len())));
+        }
+        if p.out.len() != n_x * p.rows {
+            return Err(bad(format!("output holds {} values, expected {n_x} x {}", p.out.len(), p.rows)));
+        }
+        if !isa.supported() {
+            return Err(bad(format!("{isa:?} is not supported by this CPU")));
+        }
+        // Several activation rows are computed as [rows, n_x] so each weight row is read once,
+        // then transposed into `out`.
+        let t = if n_x == 1 { Vec::new() } else { vec![0f32; p.rows * n_x] };
+        work.push((f.dot, f.dot4, p.w, p.rows, rb, t));
     }
-    let n_x = xs.len() / nb;
-    if out.len() != n_x * rows {
-        return Err(bad(format!("output holds {} values, expected {n_x} x {rows}", out.len())));
+    let dsts: Vec<SharedOut> = work
+        .iter_mut()
+        .zip(parts.iter_mut())
+        .map(|(wk, p)| SharedOut(if n_x == 1 { p.out.as_mut_ptr() } else { wk.5.as_mut_ptr() }))
+        .collect();
+    // Group index ranges of each part, back to back.
+    let mut first = Vec::with_capacity(work.len() + 1);
+    first.push(0usize);
+    for wk in &work {
+        first.push(first.last().copied().unwrap_or(0) + wk.3.div_ceil(GROUP));
     }
-    if !isa.supported() {
-        return Err(bad(format!("{isa:?} is not supported by this CPU")));
-    }
-    let dot = f.dot;
-    // Several activation rows are computed as [rows, n_x] so each weight row is read once,
-    // then transposed into `out`.
-    let mut t = if n_x == 1 { Vec::new() } else { vec![0f32; rows * n_x] };
-    let dst = SharedOut(if n_x == 1 { out.as_mut_ptr() } else { t.as_mut_ptr() });
-    let dst = &dst;
+    let (work_ref, dsts, first_ref) = (&work, &dsts, &first);
     // candle's own worker pool (the one its ops use, the calling thread taking part): a
     // second pool (rayon's) would spin against it for the same cores between ops.
-    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(GROUP), |groups| {
-        let r0 = groups.start * GROUP;
-        let r1 = (groups.end * GROUP).min(rows);
-        // SAFETY: `execute_chunked` hands out disjoint group ranges, so rows r0..r1 (and their
-        // n_x outputs each) are written by this closure call alone; the buffer outlives the
-        // call, which returns only after every worker has finished.
-        let ys = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r0 * n_x), (r1 - r0) * n_x) };
-        let ws = &w[r0 * rb..r1 * rb];
-        for (yr, wr) in ys.chunks_exact_mut(n_x).zip(ws.chunks_exact(rb)) {
-            for (y, xr) in yr.iter_mut().zip(xs.chunks_exact(nb)) {
-                *y = dot(isa, wr, xr);
+    candle_core::utils::barrier_pool().execute_chunked(first.last().copied().unwrap_or(0), |groups| {
+        for g in groups {
+            let pi = first_ref.partition_point(|&f| f <= g) - 1;
+            let (dot, dot4, w, rows, rb, _) = &work_ref[pi];
+            let r0 = (g - first_ref[pi]) * GROUP;
+            let r1 = (r0 + GROUP).min(*rows);
+            // SAFETY: `execute_chunked` hands out disjoint group indices, and each maps to its
+            // own rows r0..r1 of one part, so those n_x-value rows are written by this call
+            // alone; the buffers outlive the call, which returns only after every worker is done.
+            let ys = unsafe { std::slice::from_raw_parts_mut(dsts[pi].0.add(r0 * n_x), (r1 - r0) * n_x) };
+            let mut r = r0;
+            if let Some(dot4) = dot4 {
+                while r + 4 <= r1 {
+                    let w4 = &w[r * rb..(r + 4) * rb];
+                    for (i, xr) in xs.chunks_exact(nb).enumerate() {
+                        let y4 = dot4(isa, w4, xr);
+                        for (k, y) in y4.into_iter().enumerate() {
+                            ys[(r - r0 + k) * n_x + i] = y;
+                        }
+                    }
+                    r += 4;
+                }
+            }
+            for (yr, wr) in ys[(r - r0) * n_x..].chunks_exact_mut(n_x).zip(w[r * rb..r1 * rb].chunks_exact(*rb)) {
+                for (y, xr) in yr.iter_mut().zip(xs.chunks_exact(nb)) {
+                    *y = dot(isa, wr, xr);
+                }
             }
         }
     });
     if n_x > 1 {
-        for (r, ys) in t.chunks_exact(n_x).enumerate() {
-            for (i, &y) in ys.iter().enumerate() {
-                out[i * rows + r] = y;
+        for (wk, p) in work.iter().zip(parts.iter_mut()) {
+            for (r, ys) in wk.5.chunks_exact(n_x).enumerate() {
+                for (i, &y) in ys.iter().enumerate() {
+                    p.out[i * wk.3 + r] = y;
+                }
             }
         }
     }

@@ -149,13 +149,103 @@ pub fn matmul(w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32
     matmul_with(Isa::detect(), w, rows, cols, xs, out)
 }
 
+/// Four consecutive weight rows (`rows4.len() == 4 · 20 · x.len()`) dotted with one activation
+/// row: the activation block, its scales and the conversions of the four rows' `d`/`m` are
+/// shared, and the four integer sums are reduced together, about half the instructions per
+/// block of four [`dot`] calls. Scalar falls back to [`dot_scalar`] per row.
+#[inline]
+fn dot4(isa: Isa, rows4: &[u8], x: &[BlockQ8]) -> [f32; 4] {
+    let rb = x.len() * BLOCK_BYTES;
+    debug_assert_eq!(rows4.len(), 4 * rb);
+    match isa {
+        // SAFETY: as in `dot`; `rows4` holds four rows of `rb` bytes (checked by the driver).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { dot4_avx2(rows4, rb, x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { dot4_vnni(rows4, rb, x) },
+        _ => std::array::from_fn(|i| dot_scalar(&rows4[i * rb..(i + 1) * rb], x)),
+    }
+}
+
+/// The body of the 4-row kernels; `VNNI` picks `vpdpbusd` over `maddubs` + `madd` for the
+/// products. Per block: four exact `Σ(q-8)·q8` in i32 (8 lanes each), reduced to one lane per
+/// row with three `hadd`s; the four `[d, m]` pairs converted by one `vcvtph2ps`; then one FMA
+/// for `d·d_a·Σ` and one for `(m+8d)·s_a`, four rows at a time.
+///
+/// # Safety
+/// AVX2 + FMA + F16C (+ AVX-512 VL/VNNI with `VNNI`) in the caller; `w.len() >= 4 · rb`,
+/// `rb == 20 · x.len()`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dot4_body<const VNNI: bool>(w: &[u8], rb: usize, x: &[BlockQ8]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let base = w.as_ptr();
+    let (m4, eight) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(8));
+    let deint = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    let mut acc = _mm_setzero_ps();
+    let mut acc_m = _mm_setzero_ps();
+    for (i, a) in x.iter().enumerate() {
+        let qy = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        let mut sums = [_mm256_setzero_si256(); 4];
+        for (r, sum) in sums.iter_mut().enumerate() {
+            let p = base.add(r * rb + i * BLOCK_BYTES);
+            let tmp = _mm_loadu_si128(p.add(4) as *const __m128i);
+            let bx = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp), m4), eight);
+            let (ax, sy) = (_mm256_sign_epi8(bx, bx), _mm256_sign_epi8(qy, bx));
+            *sum = if VNNI {
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
+            } else {
+                // |q-8| <= 8 and |q8| <= 127: pair sums <= 2032, no i16 saturation.
+                _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+            };
+        }
+        // [r0 r0 r1 r1 | r0 r0 r1 r1] ... down to one i32 per row: hadd pairs within 128-bit
+        // lanes, then add the two lanes.
+        let h01 = _mm256_hadd_epi32(sums[0], sums[1]);
+        let h23 = _mm256_hadd_epi32(sums[2], sums[3]);
+        let h = _mm256_hadd_epi32(h01, h23);
+        let isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+        // The four rows' [d, m] (f16 pairs) in one conversion, then split into d's and m's.
+        let dm16 = _mm_setr_epi32(
+            (base.add(i * BLOCK_BYTES) as *const i32).read_unaligned(),
+            (base.add(rb + i * BLOCK_BYTES) as *const i32).read_unaligned(),
+            (base.add(2 * rb + i * BLOCK_BYTES) as *const i32).read_unaligned(),
+            (base.add(3 * rb + i * BLOCK_BYTES) as *const i32).read_unaligned(),
+        );
+        let dm = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(dm16), deint);
+        let d = _mm256_castps256_ps128(dm);
+        let m = _mm_fmadd_ps(d, _mm_set1_ps(8.0), _mm256_extractf128_ps::<1>(dm));
+        acc = _mm_fmadd_ps(_mm_mul_ps(d, _mm_set1_ps(a.d)), _mm_cvtepi32_ps(isum), acc);
+        acc_m = _mm_fmadd_ps(m, _mm_set1_ps(a.s), acc_m);
+    }
+    let mut out = [0f32; 4];
+    _mm_storeu_ps(out.as_mut_ptr(), _mm_add_ps(acc, acc_m));
+    out
+}
+
+/// # Safety
+/// AVX2 + FMA + F16C; see [`dot4_body`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_avx2(w: &[u8], rb: usize, x: &[BlockQ8]) -> [f32; 4] {
+    dot4_body::<false>(w, rb, x)
+}
+
+/// # Safety
+/// AVX2 + FMA + F16C + AVX-512 F/VL/VNNI; see [`dot4_body`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn dot4_vnni(w: &[u8], rb: usize, x: &[BlockQ8]) -> [f32; 4] {
+    dot4_body::<true>(w, rb, x)
+}
+
 /// [`matmul`] with a forced path (see [`super::matmul_rows`] for the work split).
 pub fn matmul_with(isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32]) -> Result<()> {
     super::matmul_rows(&FORMAT, isa, w, rows, cols, xs, out)
 }
 
 /// Q4_1 for the shared matmul driver.
-pub(crate) const FORMAT: super::Format<BlockQ8> = super::Format { name: "q4_1", block_values: QK, block_bytes: BLOCK_BYTES, dot };
+pub(crate) const FORMAT: super::Format<BlockQ8> = super::Format { name: "q4_1", block_values: QK, block_bytes: BLOCK_BYTES, dot, dot4: Some(dot4) };
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -281,6 +281,32 @@ impl Linear for QLinear {
             },
             w => w.forward(x)?,
         };
+        self.finish(x, y)
+    }
+    fn params(&self) -> usize {
+        self.params
+    }
+}
+
+impl QLinear {
+    /// Several layers applied to the same input (a block's q/k/v or gate/up projections): in
+    /// decode, through one quantization of `x` and one hand-off to the worker pool; otherwise
+    /// each layer's own [`Linear::forward`].
+    pub fn forward_many(layers: &[&QLinear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
+        if rows < DEQUANT_MIN_ROWS && !x.track_op() && crate::kernels::enabled() {
+            let qs: Option<Vec<&QTensor>> = layers.iter().map(|l| if let QMatMul::QTensor(q) = &l.w { Some(q.as_ref()) } else { None }).collect();
+            if let Some(qs) = qs {
+                if let Some(ys) = crate::kernels::quantized_matmul_many(&qs, x)? {
+                    return layers.iter().zip(ys).map(|(l, y)| l.finish(x, y)).collect();
+                }
+            }
+        }
+        layers.iter().map(|l| l.forward(x)).collect()
+    }
+
+    /// Bias, the attached adapter and the served adapters on top of `x W^T`.
+    fn finish(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -291,8 +317,5 @@ impl Linear for QLinear {
             None => y,
         };
         self.add_served(x, y)
-    }
-    fn params(&self) -> usize {
-        self.params
     }
 }

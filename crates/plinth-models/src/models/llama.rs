@@ -343,9 +343,10 @@ impl Layer {
             Ok(t.reshape((b, seq, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
         let norm = |t: Tensor, n: &Option<RmsNorm>| -> Result<Tensor> { n.as_ref().map_or(Ok(t.clone()), |n| n.forward(&t)) };
-        let q = norm(heads(a.q_proj.forward(&h)?, cfg.num_heads)?, &a.q_norm)?;
-        let k = norm(heads(a.k_proj.forward(&h)?, cfg.num_kv_heads)?, &a.k_norm)?;
-        let v = heads(a.v_proj.forward(&h)?, cfg.num_kv_heads)?;
+        let [q, k, v]: [Tensor; 3] = QLinear::forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], &h)?.try_into().expect("three projections");
+        let q = norm(heads(q, cfg.num_heads)?, &a.q_norm)?;
+        let k = norm(heads(k, cfg.num_kv_heads)?, &a.k_norm)?;
+        let v = heads(v, cfg.num_kv_heads)?;
         let mut outs = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
             let start = cache.len();
@@ -359,7 +360,8 @@ impl Layer {
         let x = (x + a.o_proj.forward(&attn)?)?;
         let h = self.post_attention_layernorm.forward(&x)?;
         let m = &self.mlp;
-        let gated = (candle_nn::ops::silu(&m.gate_proj.forward(&h)?)? * m.up_proj.forward(&h)?)?;
+        let [gate, up]: [Tensor; 2] = QLinear::forward_many(&[&m.gate_proj, &m.up_proj], &h)?.try_into().expect("two projections");
+        let gated = (candle_nn::ops::silu(&gate)? * up)?;
         Ok((x + m.down_proj.forward(&gated)?)?)
     }
 }
