@@ -3,11 +3,13 @@
 //! uses, where the kernels replace candle's quantized matmul) over the committed passage, with
 //! the kernels on and off in the same process.
 //!
-//! Tolerance: decode-path perplexity within 0.5 % between the two paths (issue 8's guard). Both
-//! quantize activations to 8 bits with slightly different rounding (f32 vs f16 block scales)
-//! and candle sums in f32 where the kernels sum in f64, so logits differ a little (measured
-//! +0.27 %: 36.42 vs 36.33; f32 summation orders alone moved this passage by ±0.5 %, which is
-//! why the kernels sum in f64). The prompt path (dequantized GEMM) is untouched.
+//! Tolerance: decode-path perplexity within 0.5 % of the reference path (issue 8's guard): the
+//! float32 transformers forward of the same dequantized weights, whose perplexity is committed
+//! in `fixtures/smollm2/reference.json` (36.2027). The kernels quantize activations to 16 bits
+//! (measured +0.08 %, every instruction-set path within 0.01 % of the others). candle's own
+//! quantized path, which quantizes activations to 8 bits, is printed for comparison: it is
+//! +0.6 % here, and 8-bit activations moved this passage by -0.1 % to +1.0 % with nothing but
+//! the order of float additions changed (see `kernels::q16`).
 
 use plinth_io::fetch::ModelLocation;
 use plinth_models::{kernels, load_decoder};
@@ -41,13 +43,18 @@ fn decode_kernels_keep_perplexity() {
     let (ppl_candle, top_candle) = decode_ppl(m.as_ref(), &ids);
     kernels::set_enabled(true);
     let (ppl_kernels, top_kernels) = decode_ppl(m.as_ref(), &ids);
+    let ppl_ref = r["ppl"].as_f64().unwrap();
+    let top_ref: Vec<usize> = r["top1"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
 
-    let agree = top_candle.iter().zip(&top_kernels).filter(|(a, b)| a == b).count() as f64 / ids.len() as f64;
-    let rel = ppl_kernels / ppl_candle - 1.0;
+    let agree = |top: &[usize]| top.iter().zip(&top_ref).filter(|(a, b)| a == b).count() as f64 / top_ref.len() as f64;
+    let rel = ppl_kernels / ppl_ref - 1.0;
     println!(
-        "decode perplexity: kernels {ppl_kernels:.4} vs candle {ppl_candle:.4} ({:+.3}%, tolerance 0.5%); top-1 agreement {agree:.4} ({:?})",
+        "decode perplexity: kernels {ppl_kernels:.4} ({:+.3}%, top-1 agreement {:.4}, {:?}), candle {ppl_candle:.4} ({:+.3}%, {:.4}) vs reference {ppl_ref:.4}; tolerance 0.5%",
         rel * 100.0,
-        kernels::Isa::detect()
+        agree(&top_kernels),
+        kernels::Isa::detect(),
+        (ppl_candle / ppl_ref - 1.0) * 100.0,
+        agree(&top_candle),
     );
-    assert!(rel.abs() <= 0.005, "decode perplexity {ppl_kernels:.4} vs {ppl_candle:.4}: {:+.3}% > 0.5%", rel * 100.0);
+    assert!(rel.abs() <= 0.005, "decode perplexity {ppl_kernels:.4} vs reference {ppl_ref:.4}: {:+.3}% > 0.5%", rel * 100.0);
 }

@@ -6,6 +6,7 @@
 //! has a portable scalar reference and x86 SIMD versions; [`Isa::detect`] picks the best one
 //! once per process, and tests force every available path in turn against the scalar one.
 
+pub mod q16;
 pub mod q4_1;
 pub mod q8;
 
@@ -52,38 +53,33 @@ pub fn quantized_matmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
 /// has a kernel with the same activation format.
 pub fn quantized_matmul_many(ws: &[&QTensor], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
     let in_dim = x.dim(candle_core::D::Minus1)?;
-    let mut dims = Vec::with_capacity(ws.len());
-    let mut bytes = Vec::with_capacity(ws.len());
-    let mut formats = Vec::with_capacity(ws.len());
+    let mut kernels = Vec::with_capacity(ws.len());
+    let mut parts = Vec::with_capacity(ws.len());
     for w in ws {
         let (out_dim, cols) = w.shape().dims2()?;
-        let Some(f) = q8_format(w.dtype()) else { return Ok(None) };
-        if cols != in_dim || !cols.is_multiple_of(f.block_values.max(q8::QK)) {
+        let Some(k) = kernel(w.dtype()) else { return Ok(None) };
+        if cols != in_dim || !cols.is_multiple_of(k.unit()) || std::mem::discriminant(&k) != std::mem::discriminant(&kernels.first().copied().unwrap_or(k)) {
             return Ok(None);
         }
         // On CPU `data()` borrows the tensor's own block bytes: no copy per call or at load.
         let Cow::Borrowed(b) = w.data()? else { return Ok(None) };
-        dims.push(out_dim);
-        bytes.push(b);
-        formats.push(f);
+        kernels.push(k);
+        parts.push((b, out_dim));
     }
-    let isa = Isa::detect();
     let xv = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let n = xv.len() / in_dim.max(1);
-    let mut xs = vec![q8::BlockQ8::default(); xv.len() / q8::QK];
-    q8::quantize_into(isa, &xv, &mut xs)?;
-    let mut outs: Vec<Vec<f32>> = dims.iter().map(|&d| vec![0f32; n * d]).collect();
-    let mut parts: Vec<Part<'_, q8::BlockQ8>> = formats
-        .iter()
-        .zip(&bytes)
-        .zip(&dims)
-        .zip(outs.iter_mut())
-        .map(|(((f, w), &rows), out)| Part { format: *f, w, rows, out: out.as_mut_slice() })
-        .collect();
-    matmul_rows_many(&mut parts, isa, in_dim, &xs)?;
-    drop(parts);
+    let outs = match kernels.first() {
+        None => return Ok(Some(Vec::new())),
+        Some(Kernel::Q8(_)) => {
+            let fs: Vec<_> = kernels.iter().filter_map(|k| if let Kernel::Q8(f) = k { Some(*f) } else { None }).collect();
+            run_many(&fs, &parts, in_dim, &xv, q8::quantize_into)?
+        }
+        Some(Kernel::Q16(_)) => {
+            let fs: Vec<_> = kernels.iter().filter_map(|k| if let Kernel::Q16(f) = k { Some(*f) } else { None }).collect();
+            run_many(&fs, &parts, in_dim, &xv, q16::quantize_into)?
+        }
+    };
     let mut ys = Vec::with_capacity(outs.len());
-    for (out, d) in outs.into_iter().zip(dims) {
+    for (out, (_, d)) in outs.into_iter().zip(parts) {
         let mut shape = x.dims().to_vec();
         let last = shape.len() - 1; // x.dim(D::Minus1) succeeded above, so there is one
         shape[last] = d;
@@ -92,12 +88,53 @@ pub fn quantized_matmul_many(ws: &[&QTensor], x: &Tensor) -> Result<Option<Vec<T
     Ok(Some(ys))
 }
 
-/// The kernel of a weight type whose activations are [`q8::BlockQ8`] rows.
-fn q8_format(dt: GgmlDType) -> Option<&'static Format<q8::BlockQ8>> {
+/// A weight type's kernel, by the activation blocks it consumes.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Q8(&'static Format<q8::BlockQ8>),
+    Q16(&'static Format<q16::BlockQ16>),
+}
+
+impl Kernel {
+    /// Columns must be a multiple of this.
+    fn unit(self) -> usize {
+        match self {
+            Kernel::Q8(f) => f.block_values.max(q8::QK),
+            Kernel::Q16(f) => f.block_values.max(q16::QK),
+        }
+    }
+}
+
+fn kernel(dt: GgmlDType) -> Option<Kernel> {
     match dt {
-        GgmlDType::Q4_1 => Some(&q4_1::FORMAT),
+        GgmlDType::Q4_1 => Some(Kernel::Q16(&q4_1::FORMAT)),
         _ => None,
     }
+}
+
+/// Quantizes the rows of `x` once with `quantize`, then runs every `(weight bytes, rows)` part
+/// with its format in one [`matmul_rows_many`]; returns each part's `[n, rows]` output.
+fn run_many<A: ActBlock + Default>(
+    formats: &[&Format<A>],
+    parts: &[(&[u8], usize)],
+    cols: usize,
+    x: &[f32],
+    quantize: fn(Isa, &[f32], &mut [A]) -> Result<()>,
+) -> Result<Vec<Vec<f32>>> {
+    let isa = Isa::detect();
+    let n = x.len() / cols.max(1);
+    let mut xs = vec![A::default(); x.len() / A::VALUES];
+    quantize(isa, x, &mut xs)?;
+    let mut outs: Vec<Vec<f32>> = parts.iter().map(|&(_, d)| vec![0f32; n * d]).collect();
+    let mut ps: Vec<Part<'_, A>> = formats
+        .iter()
+        .zip(parts)
+        .zip(outs.iter_mut())
+        .map(|((f, &(w, rows)), out)| Part { format: *f, w, rows, out: out.as_mut_slice() })
+        .collect();
+    matmul_rows_many(&mut ps, isa, cols, &xs)?;
+    drop(ps);
+    Ok(outs)
 }
 
 /// An activation block type: how many values one block quantizes.
