@@ -8,6 +8,9 @@
 
 pub mod q4_1;
 pub mod q8;
+pub mod q8_0;
+#[cfg(test)]
+mod testutil;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
@@ -54,6 +57,7 @@ pub fn quantized_matmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
         let Cow::Borrowed(bytes) = w.data()? else { return Ok(false) };
         match w.dtype() {
             GgmlDType::Q4_1 => with_q8(&q4_1::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
+            GgmlDType::Q8_0 => with_q8(&q8_0::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
             _ => Ok(false),
         }
     };
