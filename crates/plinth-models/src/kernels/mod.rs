@@ -6,6 +6,7 @@
 //! has a portable scalar reference and x86 SIMD versions; [`Isa::detect`] picks the best one
 //! once per process, and tests force every available path in turn against the scalar one.
 
+pub mod q4_0;
 pub mod q4_1;
 pub mod q8;
 pub mod q8_0;
@@ -57,6 +58,7 @@ pub fn quantized_matmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
         let Cow::Borrowed(bytes) = w.data()? else { return Ok(false) };
         match w.dtype() {
             GgmlDType::Q4_1 => with_q8(&q4_1::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
+            GgmlDType::Q4_0 => with_q8(&q4_0::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
             GgmlDType::Q8_0 => with_q8(&q8_0::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
             _ => Ok(false),
         }

@@ -150,7 +150,7 @@ pub fn matmul_with(isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8],
 pub(crate) const FORMAT: super::Format<BlockQ8> = super::Format { name: "q8_0", block_values: QK, block_bytes: BLOCK_BYTES, dot };
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::q8::quantize_row_with;
     use crate::kernels::testutil::{self, Case};
