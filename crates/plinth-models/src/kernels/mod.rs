@@ -8,8 +8,10 @@
 
 pub mod q4_0;
 pub mod q4_1;
+pub mod q4_k;
 pub mod q8;
 pub mod q8_0;
+pub mod q8k;
 #[cfg(test)]
 mod testutil;
 
@@ -60,6 +62,7 @@ pub fn quantized_matmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
             GgmlDType::Q4_1 => with_q8(&q4_1::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
             GgmlDType::Q4_0 => with_q8(&q4_0::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
             GgmlDType::Q8_0 => with_q8(&q8_0::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
+            GgmlDType::Q4K => with_q8k(&q4_k::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
             _ => Ok(false),
         }
     };
@@ -82,6 +85,17 @@ fn with_q8(f: &Format<q8::BlockQ8>, isa: Isa, w: &[u8], rows: usize, cols: usize
     }
     let mut xs = vec![q8::BlockQ8::default(); x.len() / q8::QK];
     q8::quantize_into(isa, x, &mut xs)?;
+    matmul_rows(f, isa, w, rows, cols, &xs, out)?;
+    Ok(true)
+}
+
+/// As [`with_q8`] for the K-quant formats, with [`q8k::BlockQ8K`] activation blocks of 256.
+fn with_q8k(f: &Format<q8k::BlockQ8K>, isa: Isa, w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) -> Result<bool> {
+    if !cols.is_multiple_of(f.block_values.max(q8k::QK_K)) {
+        return Ok(false);
+    }
+    let mut xs = vec![q8k::BlockQ8K::default(); x.len() / q8k::QK_K];
+    q8k::quantize_into(isa, x, &mut xs)?;
     matmul_rows(f, isa, w, rows, cols, &xs, out)?;
     Ok(true)
 }
