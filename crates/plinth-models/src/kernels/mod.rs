@@ -9,6 +9,7 @@
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
+pub mod q6_k;
 pub mod q8;
 pub mod q8_0;
 pub mod q8k;
@@ -63,6 +64,7 @@ pub fn quantized_matmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
             GgmlDType::Q4_0 => with_q8(&q4_0::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
             GgmlDType::Q8_0 => with_q8(&q8_0::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
             GgmlDType::Q4K => with_q8k(&q4_k::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
+            GgmlDType::Q6K => with_q8k(&q6_k::FORMAT, isa, bytes, out_dim, in_dim, xv, out),
             _ => Ok(false),
         }
     };
