@@ -1,8 +1,9 @@
 //! Hand-written CPU kernels for quantized decode (issue 8).
 //!
 //! This module owns the quantized matrix-vector products behind [`crate::layers::QLinear`]
-//! for few input rows: the activation row is quantized once to 8-bit blocks ([`q8`]), then
-//! every weight row is dotted with it straight from GGML's block bytes ([`q4_1`]). Each kernel
+//! for few input rows: the activation row is quantized once to 8-bit blocks ([`q8`], blocks of
+//! 32; [`q8k`], blocks of 256 for the K-quants), then every weight row is dotted with it
+//! straight from GGML's block bytes ([`q4_0`], [`q4_1`], [`q8_0`]; [`q4_k`], [`q6_k`]). Each kernel
 //! has a portable scalar reference and x86 SIMD versions; [`Isa::detect`] picks the best one
 //! once per process, and tests force every available path in turn against the scalar one.
 

@@ -134,7 +134,7 @@ pub fn matmul(w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32
     matmul_with(Isa::detect(), w, rows, cols, xs, out)
 }
 
-/// [`matmul`] with a forced path (see [`super::matmul_rows`] for the work split).
+/// [`matmul`] with a forced path (the work split is the shared driver's, `kernels::matmul_rows`).
 pub fn matmul_with(isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32]) -> Result<()> {
     super::matmul_rows(&FORMAT, isa, w, rows, cols, xs, out)
 }

@@ -165,7 +165,7 @@ pub fn matmul(w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8K], out: &mut [f3
     matmul_with(Isa::detect(), w, rows, cols, xs, out)
 }
 
-/// [`matmul`] with a forced path (see [`super::matmul_rows`] for the work split).
+/// [`matmul`] with a forced path (the work split is the shared driver's, `kernels::matmul_rows`).
 pub fn matmul_with(isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8K], out: &mut [f32]) -> Result<()> {
     super::matmul_rows(&FORMAT, isa, w, rows, cols, xs, out)
 }
@@ -238,14 +238,14 @@ mod tests {
         let mut row = vec![0u8; 2 * BLOCK_BYTES];
         for b in row.chunks_exact_mut(BLOCK_BYTES) {
             for v in &mut b[..192] {
-                *v = if rng.next() % 2 == 0 { 0x00 } else { 0xff };
+                *v = if rng.next().is_multiple_of(2) { 0x00 } else { 0xff };
             }
             for v in &mut b[192..208] {
                 *v = [0x7f, 0x80, 0x81][(rng.next() % 3) as usize];
             }
             b[208..].copy_from_slice(&[0x00, 0x3c]); // d = 1
         }
-        let x: Vec<f32> = (0..512).map(|i| if (i * 7) % 3 == 0 { -1.0 } else { 1.0 }).collect();
+        let x: Vec<f32> = (0..512usize).map(|i| if (i * 7).is_multiple_of(3) { -1.0 } else { 1.0 }).collect();
         let xs = quantize_row_with(Isa::Scalar, &x).unwrap();
         let want = dot_scalar(&row, &xs);
         for isa in Isa::available() {

@@ -9,6 +9,9 @@ use super::{matmul_rows, ActBlock, Format, Isa};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+/// Decodes one weight block to `(s, q, o)` per element (see [`Case::unpack`]).
+pub(crate) type Unpack = fn(&[u8]) -> Vec<(f32, i32, f32)>;
+
 /// One weight format under test.
 pub(crate) struct Case<A: ActBlock + 'static> {
     pub dtype: GgmlDType,
@@ -20,7 +23,7 @@ pub(crate) struct Case<A: ActBlock + 'static> {
     /// One weight block decoded as `(s, q, o)` per element, value = `s·q − o`, with `s` and
     /// `o` the f32 products candle forms (exact in f32 for these formats: an f16 times a
     /// 6- to 8-bit integer), written independently of the kernels.
-    pub unpack: fn(&[u8]) -> Vec<(f32, i32, f32)>,
+    pub unpack: Unpack,
 }
 
 /// A random `[rows, cols]` weight (normal, σ 0.05, mean 0.01) quantized by candle, with its bytes.
