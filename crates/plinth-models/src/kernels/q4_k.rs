@@ -19,16 +19,15 @@ pub const BLOCK_BYTES: usize = 144;
 /// The eight 6-bit scales and mins from the 12 packed bytes: scales 0..4 are the low 6 bits of
 /// bytes 0..4 and mins 0..4 of bytes 4..8; scales 4..8 take their low 4 bits from the low
 /// nibbles of bytes 8..12 and their top 2 from the top bits of bytes 0..4, mins 4..8 the high
-/// nibbles of bytes 8..12 and the top bits of bytes 4..8. Done four bytes at a time.
+/// nibbles of bytes 8..12 and the top bits of bytes 4..8. Done four bytes at a time; returned
+/// as two little-endian words of eight bytes (scales, mins), ready for a vector register.
 #[inline]
-fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+fn scales_mins(s: &[u8]) -> (u64, u64) {
     let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
     let (w0, w1, w2) = (w(0), w(1), w(2));
     let sc_hi = (w2 & 0x0f0f_0f0f) | ((w0 >> 6) & 0x0303_0303) << 4;
     let m_hi = ((w2 >> 4) & 0x0f0f_0f0f) | ((w1 >> 6) & 0x0303_0303) << 4;
-    let sc = (w0 & 0x3f3f_3f3f) as u64 | (sc_hi as u64) << 32;
-    let m = (w1 & 0x3f3f_3f3f) as u64 | (m_hi as u64) << 32;
-    (sc.to_le_bytes(), m.to_le_bytes())
+    ((w0 & 0x3f3f_3f3f) as u64 | (sc_hi as u64) << 32, (w1 & 0x3f3f_3f3f) as u64 | (m_hi as u64) << 32)
 }
 
 /// One weight row (`row.len() == 144 * x.len()`) dotted with one quantized activation row.
@@ -56,6 +55,7 @@ fn dot_scalar(row: &[u8], x: &[BlockQ8K]) -> f32 {
         let d = f16_to_f32(u16::from_le_bytes([w[0], w[1]])) * a.d;
         let dmin = f16_to_f32(u16::from_le_bytes([w[2], w[3]])) * a.d;
         let (sc, m) = scales_mins(&w[4..16]);
+        let (sc, m) = (sc.to_le_bytes(), m.to_le_bytes());
         let mut sumi = 0i32;
         for c in 0..4 {
             let (mut lo, mut hi) = (0i32, 0i32);
@@ -99,7 +99,8 @@ unsafe fn madd_acc_vnni(acc: std::arch::x86_64::__m256i, p: std::arch::x86_64::_
 /// The SIMD kernels, one body for two instruction sets (they differ only in how scaled i16
 /// pairs are accumulated, `$madd_acc`). Per super-block: nibbles × `q_a` by `maddubs` (u8 ≤ 15
 /// times i8: pairs ≤ 2·15·127, no saturation), each sub-block's i16 pairs times its scale
-/// (≤ 63) into eight i32 lanes (each ≤ 8·2·3810·63 < 2²⁴, so exact in f32 too); the mins by
+/// (≤ 63; the eight scales widened to i16 once, each broadcast by a byte shuffle) into eight
+/// i32 lanes (each ≤ 8·2·3810·63 < 2²⁴, so exact in f32 too); the mins by
 /// one `madd` of the 16 bsums with the mins repeated pairwise (m₀ m₀ m₁ m₁ …), which yields
 /// `m_j·(bsum_2j + bsum_2j+1)` per lane. Eight f32 lanes then take `d·d_a·sumi` and
 /// `−dmin·d_a·summ` by FMA.
@@ -120,7 +121,8 @@ macro_rules! q4k_simd {
                 let d = _mm256_broadcastss_ps(dm);
                 let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
                 let (sc, m) = scales_mins(std::slice::from_raw_parts(p.add(4), 12));
-                let mv = _mm_loadl_epi64(m.as_ptr() as *const __m128i);
+                let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+                let mv = _mm_cvtsi64_si128(m as i64);
                 let mv = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mv, mv));
                 let summ = _mm256_madd_epi16(_mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i), mv);
                 let mut sumi = _mm256_setzero_si256();
@@ -130,8 +132,11 @@ macro_rules! q4k_simd {
                     let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(qb), nib);
                     let a_lo = _mm256_loadu_si256(a.qs.as_ptr().add(64 * c) as *const __m256i);
                     let a_hi = _mm256_loadu_si256(a.qs.as_ptr().add(64 * c + 32) as *const __m256i);
-                    sumi = $madd_acc(sumi, _mm256_maddubs_epi16(lo, a_lo), _mm256_set1_epi16(sc[2 * c] as i16));
-                    sumi = $madd_acc(sumi, _mm256_maddubs_epi16(hi, a_hi), _mm256_set1_epi16(sc[2 * c + 1] as i16));
+                    // i16 scale `j` is bytes 2j, 2j+1 of `sc16`: sub-blocks 2c and 2c + 1.
+                    let s_lo = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(((4 * c + 1) << 8 | 4 * c) as i16));
+                    let s_hi = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(((4 * c + 3) << 8 | (4 * c + 2)) as i16));
+                    sumi = $madd_acc(sumi, _mm256_maddubs_epi16(lo, a_lo), s_lo);
+                    sumi = $madd_acc(sumi, _mm256_maddubs_epi16(hi, a_hi), s_hi);
                 }
                 acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
                 acc = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(summ), acc);
@@ -222,6 +227,7 @@ pub(crate) mod tests {
         for _ in 0..1000 {
             let s: Vec<u8> = (0..12).map(|_| rng.next() as u8).collect();
             let (sc, m) = scales_mins(&s);
+            let (sc, m) = (sc.to_le_bytes(), m.to_le_bytes());
             for j in 0..8 {
                 assert_eq!((sc[j], m[j]), scale_min(j, &s), "{s:?} j {j}");
             }

@@ -44,19 +44,19 @@ fn dot_scalar(row: &[u8], x: &[BlockQ8K]) -> f32 {
     for (w, a) in row.chunks_exact(BLOCK_BYTES).zip(x) {
         let (ql, qh, sc) = (&w[..128], &w[128..192], &w[192..208]);
         let d = f16_to_f32(u16::from_le_bytes([w[208], w[209]])) * a.d;
-        // Σ q·q_a per sub-block of 16.
-        let mut isum = [0i32; 16];
-        for h in 0..2 {
-            for l in 0..32 {
-                let (lo, hi, bits) = (ql[64 * h + l], ql[64 * h + 32 + l], qh[32 * h + l]);
-                let q = [lo & 0x0f | (bits & 3) << 4, hi & 0x0f | (bits >> 2 & 3) << 4, lo >> 4 | (bits >> 4 & 3) << 4, hi >> 4 | (bits >> 6) << 4];
-                for (k, &qk) in q.iter().enumerate() {
-                    let e = 128 * h + 32 * k + l;
-                    isum[e / 16] += qk as i32 * a.qs[e] as i32;
-                }
+        let mut sumi = 0i32;
+        // Sub-block `s` (16 values) of group `k` (32 values) of half `h`; one sub-block per
+        // inner loop, so the compiler can vectorize it.
+        for (s, &scale) in sc.iter().enumerate() {
+            let (h, k, l0) = (s / 8, s / 2 % 4, 16 * (s % 2));
+            let mut isum = 0i32;
+            for l in l0..l0 + 16 {
+                let lq = ql[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2)) & 0x0f;
+                let hq = qh[32 * h + l] >> (2 * k) & 3;
+                isum += (lq | hq << 4) as i32 * a.qs[128 * h + 32 * k + l] as i32;
             }
+            sumi += scale as i8 as i32 * (isum - 32 * a.bsums[s] as i32);
         }
-        let sumi: i32 = (0..16).map(|s| sc[s] as i8 as i32 * (isum[s] - 32 * a.bsums[s] as i32)).sum();
         acc += d * sumi as f32;
     }
     acc
@@ -89,7 +89,8 @@ unsafe fn madd_acc_vnni(acc: std::arch::x86_64::__m256i, p: std::arch::x86_64::_
 /// The SIMD kernels, one body for two instruction sets (they differ only in how scaled i16
 /// pairs are accumulated, `$madd_acc`). Per 32 values: the 6-bit `q` (0..64, unsigned) ×
 /// `q_a` by `maddubs` (pairs ≤ 2·63·127, no saturation), then the i16 pairs times their
-/// sub-block's scale (first 16 values one scale, last 16 the next) into eight i32 lanes. The
+/// sub-block's scale (first 16 values one scale, last 16 the next; the scales widened to i16
+/// once per super-block and spread by byte shuffles) into eight i32 lanes. The
 /// −32 offset is `32·Σ_s sc_s·bsum_s`, one `madd` of the 16 bsums with the 16 scales,
 /// subtracted lane-wise: every lane stays an exact integer (|lane| < 2³¹), converted once per
 /// super-block and scaled by `d·d_a` with one FMA into eight f32 lanes.
@@ -124,10 +125,13 @@ macro_rules! q6k_simd {
                         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), _mm256_and_si256(qh, m2)),
                         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2)),
                     ];
+                    // This half's eight i16 scales in both 128-bit lanes; value group `k` takes
+                    // scale 2k in the low lane, 2k + 1 in the high lane (i16 `j` is bytes 2j, 2j+1).
+                    let sch = if h == 0 { _mm256_permute2x128_si256::<0x00>(scv, scv) } else { _mm256_permute2x128_si256::<0x11>(scv, scv) };
                     for (k, &qk) in q.iter().enumerate() {
-                        let e = 128 * h + 32 * k;
-                        let qa = _mm256_loadu_si256(a.qs.as_ptr().add(e) as *const __m256i);
-                        let s = _mm256_set_m128i(_mm_set1_epi16(*sc.add(e / 16 + 1) as i16), _mm_set1_epi16(*sc.add(e / 16) as i16));
+                        let qa = _mm256_loadu_si256(a.qs.as_ptr().add(128 * h + 32 * k) as *const __m256i);
+                        let (b0, b1) = ((4 * k + 1) << 8 | 4 * k, (4 * k + 3) << 8 | (4 * k + 2));
+                        let s = _mm256_shuffle_epi8(sch, _mm256_setr_epi64x((b0 * 0x0001_0001_0001_0001) as i64, (b0 * 0x0001_0001_0001_0001) as i64, (b1 * 0x0001_0001_0001_0001) as i64, (b1 * 0x0001_0001_0001_0001) as i64));
                         sumi = $madd_acc(sumi, _mm256_maddubs_epi16(qk, qa), s);
                     }
                 }
