@@ -165,3 +165,35 @@ pub(crate) fn speed<A: ActBlock>(c: &Case<A>, rows: usize, cols: usize) {
         println!("{} {isa:?}: [{rows}x{cols}] matvec median {:.1} us ({:.1} GB/s of weights), best {:.1} us ({:.1} GB/s)", c.format.name, med * 1e6, gbs(med), best * 1e6, gbs(best));
     }
 }
+
+/// `quantized_matmul` routes each new format to its kernel: a result close to the f32 product
+/// of the dequantized weight (1% of Σ|w·x|), for 1 and 3 activation rows.
+#[test]
+fn dispatch_new_formats() {
+    let mut rng = Rng(21);
+    for (dtype, cols) in [(GgmlDType::Q8_0, 576), (GgmlDType::Q4_0, 576), (GgmlDType::Q4K, 512), (GgmlDType::Q6K, 512)] {
+        let rows = 48;
+        let (q, _) = weight(&mut rng, dtype, rows, cols);
+        let wf = dequantize(&q);
+        for n_x in [1, 3] {
+            let x: Vec<f32> = (0..n_x * cols).map(|_| rng.normal()).collect();
+            let xt = Tensor::from_vec(x.clone(), (n_x, cols), &Device::Cpu).unwrap();
+            let y = super::quantized_matmul(&q, &xt).unwrap().expect("a kernel for this format");
+            assert_eq!(y.dims(), &[n_x, rows]);
+            let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for i in 0..n_x {
+                for r in 0..rows {
+                    let (wr, xr) = (&wf[r * cols..(r + 1) * cols], &x[i * cols..(i + 1) * cols]);
+                    let exact: f32 = wr.iter().zip(xr).map(|(a, b)| a * b).sum();
+                    let mag: f32 = wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum();
+                    assert!((y[i * rows + r] - exact).abs() <= 0.01 * mag, "{dtype:?} x {i} row {r}: {} vs {exact}", y[i * rows + r]);
+                }
+            }
+        }
+    }
+    // Q8_0 takes any multiple of 32 columns (288 is no multiple of 256).
+    let t = Tensor::from_vec((0..32 * 288).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>(), (32, 288), &Device::Cpu).unwrap();
+    let x = Tensor::ones((1, 288), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
+    assert!(super::quantized_matmul(&q, &x).unwrap().is_some());
+}
