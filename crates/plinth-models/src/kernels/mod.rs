@@ -1,14 +1,25 @@
 //! Hand-written CPU kernels for quantized decode (issue 8).
 //!
 //! This module owns the quantized matrix-vector products behind [`crate::layers::QLinear`]
-//! for few input rows: the activation row is quantized once to 8-bit blocks ([`q8`]), then
-//! every weight row is dotted with it straight from GGML's block bytes ([`q4_1`]). Each kernel
+//! for few input rows: the activation row is quantized once, to 16-bit blocks of 32 for Q4_1
+//! ([`q16`], see there why), to 8-bit blocks ([`q8`], blocks of 32; [`q8k`], blocks of 256 for
+//! the K-quants) for the others, then every weight row is dotted with it straight from GGML's
+//! block bytes ([`q4_1`]; [`q4_0`], [`q8_0`]; [`q4_k`], [`q6_k`]). Weights that share an input
+//! (q/k/v, gate/up) share one quantization and one hand-off to the workers
+//! ([`quantized_matmul_many`]). Each kernel
 //! has a portable scalar reference and x86 SIMD versions; [`Isa::detect`] picks the best one
 //! once per process, and tests force every available path in turn against the scalar one.
 
 pub mod q16;
+pub mod q4_0;
 pub mod q4_1;
+pub mod q4_k;
+pub mod q6_k;
 pub mod q8;
+pub mod q8_0;
+pub mod q8k;
+#[cfg(test)]
+mod testutil;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
@@ -73,6 +84,10 @@ pub fn quantized_matmul_many(ws: &[&QTensor], x: &Tensor) -> Result<Option<Vec<T
             let fs: Vec<_> = kernels.iter().filter_map(|k| if let Kernel::Q8(f) = k { Some(*f) } else { None }).collect();
             run_many(&fs, &parts, in_dim, &xv, q8::quantize_into)?
         }
+        Some(Kernel::Q8K(_)) => {
+            let fs: Vec<_> = kernels.iter().filter_map(|k| if let Kernel::Q8K(f) = k { Some(*f) } else { None }).collect();
+            run_many(&fs, &parts, in_dim, &xv, q8k::quantize_into)?
+        }
         Some(Kernel::Q16(_)) => {
             let fs: Vec<_> = kernels.iter().filter_map(|k| if let Kernel::Q16(f) = k { Some(*f) } else { None }).collect();
             run_many(&fs, &parts, in_dim, &xv, q16::quantize_into)?
@@ -92,6 +107,7 @@ pub fn quantized_matmul_many(ws: &[&QTensor], x: &Tensor) -> Result<Option<Vec<T
 #[derive(Clone, Copy)]
 enum Kernel {
     Q8(&'static Format<q8::BlockQ8>),
+    Q8K(&'static Format<q8k::BlockQ8K>),
     Q16(&'static Format<q16::BlockQ16>),
 }
 
@@ -100,6 +116,7 @@ impl Kernel {
     fn unit(self) -> usize {
         match self {
             Kernel::Q8(f) => f.block_values.max(q8::QK),
+            Kernel::Q8K(f) => f.block_values.max(q8k::QK_K),
             Kernel::Q16(f) => f.block_values.max(q16::QK),
         }
     }
@@ -108,6 +125,10 @@ impl Kernel {
 fn kernel(dt: GgmlDType) -> Option<Kernel> {
     match dt {
         GgmlDType::Q4_1 => Some(Kernel::Q16(&q4_1::FORMAT)),
+        GgmlDType::Q4_0 => Some(Kernel::Q8(&q4_0::FORMAT)),
+        GgmlDType::Q8_0 => Some(Kernel::Q8(&q8_0::FORMAT)),
+        GgmlDType::Q4K => Some(Kernel::Q8K(&q4_k::FORMAT)),
+        GgmlDType::Q6K => Some(Kernel::Q8K(&q6_k::FORMAT)),
         _ => None,
     }
 }

@@ -63,7 +63,7 @@ pub fn quantize_into(isa: Isa, x: &[f32], out: &mut [BlockQ8]) -> Result<()> {
 
 /// The shared scale rule: `d = amax / 127` and the multiplier `127 / amax` (0 for a zero block).
 #[inline]
-fn scales(amax: f32) -> (f32, f32) {
+pub(super) fn scales(amax: f32) -> (f32, f32) {
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     (d, id)
