@@ -104,12 +104,16 @@ impl CustomOp3 for DecodeAttention {
             for h in hs {
                 let g = h / group;
                 let qh = &q[h * d..(h + 1) * d];
-                for (t, pt) in p.iter_mut().enumerate() {
-                    let mut s = dot8(qh, k.row(g, t, d)) * self.scale;
+                match d {
+                    64 => scores::<64>(qh, &k, g, &mut p),
+                    128 => scores::<128>(qh, &k, g, &mut p),
+                    _ => p.iter_mut().enumerate().for_each(|(t, pt)| *pt = dot8(qh, k.row(g, t, d))),
+                }
+                for s in p.iter_mut() {
+                    *s *= self.scale;
                     if let Some(c) = self.softcap {
-                        s = c * (2.0 / (1.0 + exp(-2.0 * s / c)) - 1.0);
+                        *s = c * (2.0 / (1.0 + exp(-2.0 * *s / c)) - 1.0);
                     }
-                    *pt = s;
                 }
                 if let Some(m) = &self.mask {
                     p.iter_mut().zip(m).for_each(|(s, m)| *s += m);
@@ -123,14 +127,63 @@ impl CustomOp3 for DecodeAttention {
                 // SAFETY: heads are handed out in disjoint ranges, so head h's row is written by
                 // this call alone; `out` outlives `execute_chunked`, which waits for all workers.
                 let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(h * d), d) };
-                for (t, &pt) in p.iter().enumerate() {
-                    let w = pt * inv;
-                    o.iter_mut().zip(v.row(g, t, d)).for_each(|(o, &x)| *o += w * x);
+                match d {
+                    64 => weighted_sum::<64>(&p, inv, &v, g, o),
+                    128 => weighted_sum::<128>(&p, inv, &v, g, o),
+                    _ => {
+                        for (t, &pt) in p.iter().enumerate() {
+                            let w = pt * inv;
+                            o.iter_mut().zip(v.row(g, t, d)).for_each(|(o, &x)| *o += w * x);
+                        }
+                    }
                 }
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((1, heads, 1, d))))
     }
+}
+
+/// `p[t] = q · k[g, t]` for a head size known at compile time, four positions at a time: four
+/// independent accumulators per 8-lane chunk instead of one dependent chain per position
+/// (a lone 64-value dot product is latency-bound on its additions).
+#[inline(always)]
+fn scores<const D: usize>(q: &[f32], k: &Rows<'_>, g: usize, p: &mut [f32]) {
+    let q: &[f32; D] = q.try_into().expect("head size D");
+    let total = p.len();
+    let mut t = 0;
+    while t + 4 <= total {
+        let rows: [&[f32; D]; 4] = std::array::from_fn(|j| k.row(g, t + j, D).try_into().expect("row of D"));
+        let mut acc = [[0f32; 8]; 4];
+        for c in 0..D / 8 {
+            for (a, r) in acc.iter_mut().zip(&rows) {
+                for l in 0..8 {
+                    a[l] += q[c * 8 + l] * r[c * 8 + l];
+                }
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            p[t + j] = a.iter().sum();
+        }
+        t += 4;
+    }
+    for (j, pt) in p[t..].iter_mut().enumerate() {
+        *pt = dot8(q, k.row(g, t + j, D));
+    }
+}
+
+/// `o = Σ_t p[t]·inv · v[g, t]` for a head size known at compile time: the output row stays in
+/// registers across positions instead of being loaded and stored once per position.
+#[inline(always)]
+fn weighted_sum<const D: usize>(p: &[f32], inv: f32, v: &Rows<'_>, g: usize, o: &mut [f32]) {
+    let mut acc = [0f32; D];
+    for (t, &pt) in p.iter().enumerate() {
+        let w = pt * inv;
+        let r: &[f32; D] = v.row(g, t, D).try_into().expect("row of D");
+        for i in 0..D {
+            acc[i] += w * r[i];
+        }
+    }
+    o.copy_from_slice(&acc);
 }
 
 #[cfg(test)]
@@ -157,7 +210,7 @@ mod tests {
     #[test]
     fn decode_attention_matches_general_path() {
         for (heads, kvh, total, d, window, cap) in
-            [(9, 3, 37, 64, None, None), (4, 4, 1, 8, None, None), (8, 2, 50, 16, Some(20), None), (6, 3, 33, 24, None, Some(5.0))]
+            [(9, 3, 37, 64, None, None), (4, 2, 21, 128, None, None), (4, 4, 1, 8, None, None), (8, 2, 50, 16, Some(20), None), (6, 3, 33, 24, None, Some(5.0))]
         {
             let cap_buf = total + 11;
             let kbuf = rand(&[1, kvh, cap_buf, d], 1);
