@@ -144,26 +144,15 @@ impl CustomOp3 for DecodeAttention {
 }
 
 /// `p[t] = q · k[g, t]` for a head size known at compile time, four positions at a time: four
-/// independent accumulators per 8-lane chunk instead of one dependent chain per position
-/// (a lone 64-value dot product is latency-bound on its additions).
+/// independent FMA chains instead of one dependent chain per position (a lone 64-value dot
+/// product is latency-bound on its additions).
 #[inline(always)]
 fn scores<const D: usize>(q: &[f32], k: &Rows<'_>, g: usize, p: &mut [f32]) {
-    let q: &[f32; D] = q.try_into().expect("head size D");
     let total = p.len();
     let mut t = 0;
     while t + 4 <= total {
-        let rows: [&[f32; D]; 4] = std::array::from_fn(|j| k.row(g, t + j, D).try_into().expect("row of D"));
-        let mut acc = [[0f32; 8]; 4];
-        for c in 0..D / 8 {
-            for (a, r) in acc.iter_mut().zip(&rows) {
-                for l in 0..8 {
-                    a[l] += q[c * 8 + l] * r[c * 8 + l];
-                }
-            }
-        }
-        for (j, a) in acc.iter().enumerate() {
-            p[t + j] = a.iter().sum();
-        }
+        let rows: [&[f32]; 4] = std::array::from_fn(|j| k.row(g, t + j, D));
+        p[t..t + 4].copy_from_slice(&dot4::<D>(q, rows));
         t += 4;
     }
     for (j, pt) in p[t..].iter_mut().enumerate() {
@@ -171,19 +160,68 @@ fn scores<const D: usize>(q: &[f32], k: &Rows<'_>, g: usize, p: &mut [f32]) {
     }
 }
 
+/// Four dot products of `q` with rows of length `D` (a multiple of 8; every slice holds `D`).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[inline(always)]
+fn dot4<const D: usize>(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    assert!(q.len() >= D && rows.iter().all(|r| r.len() >= D) && D % 8 == 0);
+    // SAFETY: AVX2 and FMA are enabled at compile time (the cfg above); every load reads 8
+    // floats at offset c·8 < D of a slice of at least D floats (asserted).
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for c in 0..D / 8 {
+            let qc = _mm256_loadu_ps(q.as_ptr().add(c * 8));
+            for (a, r) in acc.iter_mut().zip(&rows) {
+                *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(r.as_ptr().add(c * 8)), *a);
+            }
+        }
+        acc.map(|v| {
+            let s = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        })
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+#[inline(always)]
+fn dot4<const D: usize>(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+    rows.map(|r| dot8(&q[..D], &r[..D]))
+}
+
 /// `o = Σ_t p[t]·inv · v[g, t]` for a head size known at compile time: the output row stays in
 /// registers across positions instead of being loaded and stored once per position.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 #[inline(always)]
 fn weighted_sum<const D: usize>(p: &[f32], inv: f32, v: &Rows<'_>, g: usize, o: &mut [f32]) {
-    let mut acc = [0f32; D];
-    for (t, &pt) in p.iter().enumerate() {
-        let w = pt * inv;
-        let r: &[f32; D] = v.row(g, t, D).try_into().expect("row of D");
-        for i in 0..D {
-            acc[i] += w * r[i];
+    use std::arch::x86_64::*;
+    assert!(o.len() == D && D % 8 == 0);
+    // SAFETY: AVX2 and FMA are enabled at compile time (the cfg above); `v.row` returns exactly
+    // D floats and `o` holds D (asserted), read and written 8 at a time below D.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 16];
+        let acc = &mut acc[..D / 8];
+        for (t, &pt) in p.iter().enumerate() {
+            let w = _mm256_set1_ps(pt * inv);
+            let r = v.row(g, t, D).as_ptr();
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(r.add(c * 8)), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(o.as_mut_ptr().add(c * 8), *a);
         }
     }
-    o.copy_from_slice(&acc);
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+#[inline(always)]
+fn weighted_sum<const D: usize>(p: &[f32], inv: f32, v: &Rows<'_>, g: usize, o: &mut [f32]) {
+    for (t, &pt) in p.iter().enumerate() {
+        let w = pt * inv;
+        o.iter_mut().zip(v.row(g, t, D)).for_each(|(o, &x)| *o += w * x);
+    }
 }
 
 #[cfg(test)]
