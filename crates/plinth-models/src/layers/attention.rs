@@ -59,7 +59,18 @@ pub(crate) fn general_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option
     let q = q.contiguous()?.reshape((b, kv_heads, group * seq, d))?;
     let k = k.contiguous()?;
     let v = v.contiguous()?;
-    let mut att = (q.matmul(&k.t()?)? * scale)?;
+    let raw = q.matmul(&k.t()?)?;
+    if !raw.track_op() && raw.dtype() == DType::F32 {
+        // One pass for scale, cap, mask and softmax, with the vectorized exp.
+        let m = match mask {
+            Some(m) if m.elem_count() == seq * total => Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            Some(m) => return Err(plinth_core::Error::invalid("attention mask", format!("{:?} for {seq} queries over {total} keys", m.dims()))),
+            None => None,
+        };
+        let att = super::fused::scaled_masked_softmax(&raw, m.as_deref(), seq, scale as f32, opts.softcap.map(|c| c as f32))?;
+        return Ok(att.matmul(&v)?.reshape((b, heads, seq, d))?);
+    }
+    let mut att = (raw * scale)?;
     if let Some(cap) = opts.softcap {
         att = ((att / cap)?.tanh()? * cap)?;
     }

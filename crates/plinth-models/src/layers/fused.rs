@@ -1,4 +1,5 @@
-//! Fused CPU kernels for the encoder hot path, where a BERT-style layer on a batch of short
+//! Fused CPU kernels for the encoder hot path (and the decoders' attention softmax and SwiGLU),
+//! where a BERT-style layer on a batch of short
 //! sentences is dominated not by its matrix products but by the many small operations between
 //! them: bias + activation, bias + residual + LayerNorm, and attention over `batch x heads`
 //! tiny matrices (which candle would run as hundreds of separate small GEMMs plus permute
@@ -170,6 +171,97 @@ pub fn bias_residual_layer_norm(x: &Tensor, residual: &Tensor, bias: &[f32], gam
     Ok(x.apply_op2_no_bwd(residual, &ResidualNorm { bias, gamma, beta, eps: eps as f32 })?)
 }
 
+/// `softmax(cap·tanh(x·scale / cap) + mask)` row by row (the soft-cap optional), for attention
+/// scores `[.., seq, total]` whose mask `[seq, total]` repeats every `seq` rows.
+struct ScaledMaskedSoftmax<'a> {
+    scale: f32,
+    softcap: Option<f32>,
+    mask: Option<&'a [f32]>,
+    seq: usize,
+}
+
+impl CustomOp1 for ScaledMaskedSoftmax<'_> {
+    fn name(&self) -> &'static str {
+        "scaled-masked-softmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l, self.name())?;
+        let n = l.dims().last().copied().unwrap_or(1).max(1);
+        if self.mask.is_some_and(|m| m.len() != self.seq * n) || x.len() % n != 0 {
+            candle_core::bail!("scaled-masked-softmax: mask of {:?} values for rows of {n}", self.mask.map(|m| m.len()));
+        }
+        let mut out = vec![0f32; x.len()];
+        let chunk = rows_per_task(n) * n;
+        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).enumerate().for_each(|(ci, (o, x))| {
+            let row0 = ci * chunk / n;
+            for (r, (o, x)) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
+                let (scale, cap) = (self.scale, self.softcap);
+                match cap {
+                    Some(c) => o.iter_mut().zip(x).for_each(|(o, &x)| *o = c * tanh(x * scale / c)),
+                    None => o.iter_mut().zip(x).for_each(|(o, &x)| *o = x * scale),
+                }
+                if let Some(m) = self.mask {
+                    let mr = (row0 + r) % self.seq;
+                    o.iter_mut().zip(&m[mr * n..(mr + 1) * n]).for_each(|(o, &m)| *o += m);
+                }
+                let max = o.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                // A fully masked row (max = -inf) gives zeros, not NaN.
+                let max = if max.is_finite() { max } else { 0.0 };
+                o.iter_mut().for_each(|v| *v = exp(*v - max));
+                let sum = sum8(o);
+                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                o.iter_mut().for_each(|v| *v *= inv);
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// Attention probabilities from raw scores `x` (`[.., seq, total]`, contiguous f32): scaled,
+/// soft-capped if `softcap`, plus `mask` (`[seq, total]`, repeated over the leading rows), then
+/// a softmax over the last dimension; exponentials through [`exp`] rather than libm's. No
+/// backward pass: callers use the composed ops under autodiff.
+pub fn scaled_masked_softmax(x: &Tensor, mask: Option<&[f32]>, seq: usize, scale: f32, softcap: Option<f32>) -> Result<Tensor> {
+    Ok(x.apply_op1_no_bwd(&ScaledMaskedSoftmax { scale, softcap, mask, seq })?)
+}
+
+/// `silu(gate) · up`, elementwise (the SwiGLU of Llama-family MLPs).
+struct SiluMul;
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = contiguous(s1, l1, self.name())?;
+        let u = contiguous(s2, l2, self.name())?;
+        if g.len() != u.len() {
+            candle_core::bail!("silu-mul: {} vs {} elements", g.len(), u.len());
+        }
+        let mut out = vec![0f32; g.len()];
+        let chunk = MIN_ELEMS_PER_TASK;
+        let f = |o: &mut [f32], g: &[f32], u: &[f32]| {
+            o.iter_mut().zip(g.iter().zip(u)).for_each(|(o, (&g, &u))| *o = activate(Activation::Silu, g) * u);
+        };
+        if g.len() <= chunk {
+            // One decode row: not worth a hand-off to the pool.
+            f(&mut out, g, u);
+        } else {
+            out.par_chunks_mut(chunk).zip(g.par_chunks(chunk).zip(u.par_chunks(chunk))).for_each(|(o, (g, u))| f(o, g, u));
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `silu(gate) · up` in one pass with the vectorized [`exp`] (contiguous f32 of equal shapes);
+/// under autodiff, or for other dtypes, the composed candle ops.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.track_op() || up.track_op() || gate.dtype() != candle_core::DType::F32 || up.dtype() != candle_core::DType::F32 || gate.dims() != up.dims() {
+        return Ok((candle_nn::ops::silu(gate)? * up)?);
+    }
+    Ok(gate.contiguous()?.apply_op2_no_bwd(&up.contiguous()?, &SiluMul)?)
+}
+
 /// Sum with eight independent accumulators (vectorizes; the order differs from a serial
 /// sum only by rounding).
 #[inline(always)]
@@ -319,6 +411,32 @@ mod tests {
             let got = bias_act(&x, &bv, act).unwrap();
             assert!(max_diff(&got, &want) < 2e-6, "{act:?}: {}", max_diff(&got, &want));
         }
+    }
+
+    /// Against the composed candle ops: scores [2 heads · 3 queries, 7 keys], a causal mask
+    /// over the 3 queries repeated per head, with and without soft-capping.
+    #[test]
+    fn scaled_masked_softmax_matches_candle() {
+        let (seq, total) = (3, 7);
+        let x = rand(&[1, 2, seq, total], 9);
+        let mask = crate::layers::causal_mask(seq, total - seq, None, &Device::Cpu).unwrap();
+        let mv = mask.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for cap in [None, Some(2.0f32)] {
+            let mut att = (&x * 0.37).unwrap();
+            if let Some(c) = cap {
+                att = ((att / c as f64).unwrap().tanh().unwrap() * c as f64).unwrap();
+            }
+            let want = candle_nn::ops::softmax(&att.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+            let got = scaled_masked_softmax(&x, Some(&mv), seq, 0.37, cap).unwrap();
+            assert!(max_diff(&got, &want) < 1e-6, "cap {cap:?}: {}", max_diff(&got, &want));
+        }
+    }
+
+    #[test]
+    fn silu_mul_matches_candle() {
+        let (g, u) = (rand(&[5, 6000], 10), rand(&[5, 6000], 11));
+        let want = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
+        assert!(max_diff(&silu_mul(&g, &u).unwrap(), &want) < 2e-6);
     }
 
     #[test]

@@ -361,7 +361,7 @@ impl Layer {
         let h = self.post_attention_layernorm.forward(&x)?;
         let m = &self.mlp;
         let [gate, up]: [Tensor; 2] = QLinear::forward_many(&[&m.gate_proj, &m.up_proj], &h)?.try_into().expect("two projections");
-        let gated = (candle_nn::ops::silu(&gate)? * up)?;
+        let gated = crate::layers::fused::silu_mul(&gate, &up)?;
         Ok((x + m.down_proj.forward(&gated)?)?)
     }
 }
