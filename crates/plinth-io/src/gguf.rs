@@ -339,8 +339,23 @@ impl GgufFile {
         let info = self
             .tensor_info(name)
             .ok_or_else(|| Error::missing(&self.path, format!("tensor '{name}'")))?;
-        qtensor_from_ggml(info.dtype.ggml(), self.tensor_bytes(info), info.shape.clone(), device)
-            .map_err(|e| Error::format(&self.path, format!("tensor '{name}': {e}")))
+        let t = qtensor_from_ggml(info.dtype.ggml(), self.tensor_bytes(info), info.shape.clone(), device)
+            .map_err(|e| Error::format(&self.path, format!("tensor '{name}': {e}")))?;
+        self.release(info);
+        Ok(t)
+    }
+
+    /// Drops the mapped pages of a tensor that has just been copied out, so that they stop
+    /// counting in this process's memory: otherwise loading holds every weight twice (the map
+    /// and the copy) and peak RSS is twice the file. The pages stay in the page cache and are
+    /// read back from the file if the tensor is read again. Best effort: errors are ignored.
+    fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        // SAFETY: the map is read-only and backed by a file that is not modified: MADV_DONTNEED
+        // only drops resident pages, and any later read faults the same bytes back in from the
+        // file, so no reference into the map ever observes a change. The range is in bounds
+        // (it was just sliced by `tensor_bytes`).
+        let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.offset, info.size) };
     }
 }
 
