@@ -57,8 +57,9 @@ pub(crate) fn general_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option
     let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
     // Fold the group into the query rows: [b, kv_heads, group * seq, d] shares each kv head.
     let q = q.contiguous()?.reshape((b, kv_heads, group * seq, d))?;
-    let k = k.contiguous()?;
-    let v = v.contiguous()?;
+    // A reduced-precision cache (f16) is widened to the queries' dtype for the products.
+    let k = if k.dtype() == q.dtype() { k.contiguous()? } else { k.to_dtype(q.dtype())? };
+    let v = if v.dtype() == q.dtype() { v.contiguous()? } else { v.to_dtype(q.dtype())? };
     let raw = q.matmul(&k.t()?)?;
     if !raw.track_op() && raw.dtype() == DType::F32 {
         // One pass for scale, cap, mask and softmax, with the vectorized exp.

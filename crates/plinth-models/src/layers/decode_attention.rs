@@ -5,20 +5,24 @@
 //! decoded token that is one read and one write of the whole cache per layer plus GEMM packing,
 //! several times the work of reading the cache once. Here each query head streams its kv head's
 //! keys (scores), takes the softmax, and streams the values (weighted sum), straight from the
-//! cache's strided storage; heads are split across candle's worker pool.
+//! cache's strided storage; heads are split across candle's worker pool. The cache may hold
+//! f32 or f16 (converted 8 values at a time as they are read).
 
-use super::fused::{dot8, exp};
+use super::fused::exp;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use plinth_core::Result;
 
 /// `softmax(q k^T * scale + mask) v` for `q` `[1, heads, 1, d]` and `k`, `v`
 /// `[1, kv_heads, total, d]` (any strides with a contiguous last dimension, e.g. a view of a
-/// cache buffer), f32 only; `mask` holds `total` additive values. Returns `None` where the
+/// cache buffer), `q` f32 and `k`, `v` both f32 or both f16; `mask` holds `total` additive
+/// values. Returns `None` where the
 /// inputs do not fit (other dtypes or shapes, or tensors that need gradients), so the caller
 /// keeps the general path.
 pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f32, softcap: Option<f32>) -> Result<Option<Tensor>> {
-    let f32s = [q, k, v].iter().all(|t| t.dtype() == candle_core::DType::F32 && !t.track_op());
-    if !f32s || q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
+    use candle_core::DType;
+    let kv_ok = k.dtype() == v.dtype() && matches!(k.dtype(), DType::F32 | DType::F16);
+    let fits = q.dtype() == DType::F32 && kv_ok && [q, k, v].iter().all(|t| !t.track_op());
+    if !fits || q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
         return Ok(None);
     }
     let (b, heads, seq, d) = q.dims4()?;
@@ -45,19 +49,52 @@ struct DecodeAttention {
     mask: Option<Vec<f32>>,
 }
 
+/// An element type the cache may hold.
+trait KvElem: Copy + Send + Sync {
+    fn f32(self) -> f32;
+    /// Eight values from `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` points at 8 readable values; AVX2/F16C enabled at compile time.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
 /// A `[1, kv_heads, total, d]` view: the storage, the offset of `(h, t)` rows and their strides.
-struct Rows<'a> {
-    data: &'a [f32],
+struct Rows<'a, T> {
+    data: &'a [T],
     start: usize,
     head_stride: usize,
     pos_stride: usize,
 }
 
-impl<'a> Rows<'a> {
-    fn new(s: &'a CpuStorage, l: &Layout, d: usize, op: &'static str) -> candle_core::Result<Self> {
-        let CpuStorage::F32(data) = s else {
-            return Err(candle_core::Error::UnsupportedDTypeForOp(candle_core::backend::BackendStorage::dtype(s), op));
-        };
+impl<'a, T: KvElem> Rows<'a, T> {
+    fn new(data: &'a [T], l: &Layout, d: usize, op: &'static str) -> candle_core::Result<Self> {
         let st = l.stride();
         if st.len() != 4 || (st[3] != 1 && d > 1) {
             return Err(candle_core::Error::RequiresContiguous { op });
@@ -72,7 +109,7 @@ impl<'a> Rows<'a> {
     }
 
     #[inline]
-    fn row(&self, h: usize, t: usize, d: usize) -> &'a [f32] {
+    fn row(&self, h: usize, t: usize, d: usize) -> &'a [T] {
         let o = self.start + h * self.head_stride + t * self.pos_stride;
         &self.data[o..o + d]
     }
@@ -88,26 +125,36 @@ impl CustomOp3 for DecodeAttention {
     }
 
     fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (heads, d, total) = (self.heads, self.d, self.total);
+        let (heads, d) = (self.heads, self.d);
         let q = match (qs, ql.contiguous_offsets()) {
             (CpuStorage::F32(v), Some((a, b))) if b - a == heads * d => &v[a..b],
             _ => return Err(candle_core::Error::RequiresContiguous { op: "decode-attention q" }),
         };
-        let k = Rows::new(ks, kl, d, "decode-attention k")?;
-        let v = Rows::new(vs, vl, d, "decode-attention v")?;
+        let out = match (ks, vs) {
+            (CpuStorage::F32(k), CpuStorage::F32(v)) => self.run(q, Rows::new(k, kl, d, "decode-attention k")?, Rows::new(v, vl, d, "decode-attention v")?),
+            (CpuStorage::F16(k), CpuStorage::F16(v)) => self.run(q, Rows::new(k, kl, d, "decode-attention k")?, Rows::new(v, vl, d, "decode-attention v")?),
+            _ => candle_core::bail!("decode-attention: keys and values must both be f32 or both f16"),
+        };
+        Ok((CpuStorage::F32(out), Shape::from((1, heads, 1, d))))
+    }
+}
+
+impl DecodeAttention {
+    fn run<T: KvElem>(&self, q: &[f32], k: Rows<'_, T>, v: Rows<'_, T>) -> Vec<f32> {
+        let (heads, d, total) = (self.heads, self.d, self.total);
         let group = heads / self.kv_heads;
         let mut out = vec![0f32; heads * d];
         let dst = SharedOut(out.as_mut_ptr());
-        let dst = &dst;
+        let (dst, k, v) = (&dst, &k, &v);
         candle_core::utils::barrier_pool().execute_chunked(heads, |hs| {
             let mut p = vec![0f32; total];
             for h in hs {
                 let g = h / group;
                 let qh = &q[h * d..(h + 1) * d];
                 match d {
-                    64 => scores::<64>(qh, &k, g, &mut p),
-                    128 => scores::<128>(qh, &k, g, &mut p),
-                    _ => p.iter_mut().enumerate().for_each(|(t, pt)| *pt = dot8(qh, k.row(g, t, d))),
+                    64 => scores::<64, T>(qh, k, g, &mut p),
+                    128 => scores::<128, T>(qh, k, g, &mut p),
+                    _ => p.iter_mut().enumerate().for_each(|(t, pt)| *pt = dot_any(qh, k.row(g, t, d))),
                 }
                 for s in p.iter_mut() {
                     *s *= self.scale;
@@ -128,52 +175,65 @@ impl CustomOp3 for DecodeAttention {
                 // this call alone; `out` outlives `execute_chunked`, which waits for all workers.
                 let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(h * d), d) };
                 match d {
-                    64 => weighted_sum::<64>(&p, inv, &v, g, o),
-                    128 => weighted_sum::<128>(&p, inv, &v, g, o),
+                    64 => weighted_sum::<64, T>(&p, inv, v, g, o),
+                    128 => weighted_sum::<128, T>(&p, inv, v, g, o),
                     _ => {
                         for (t, &pt) in p.iter().enumerate() {
                             let w = pt * inv;
-                            o.iter_mut().zip(v.row(g, t, d)).for_each(|(o, &x)| *o += w * x);
+                            o.iter_mut().zip(v.row(g, t, d)).for_each(|(o, &x)| *o += w * x.f32());
                         }
                     }
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((1, heads, 1, d))))
+        out
     }
+}
+
+/// A dot product of any length with a row of any cache element type.
+#[inline(always)]
+fn dot_any<T: KvElem>(q: &[f32], r: &[T]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (mut cq, mut cr) = (q.chunks_exact(8), r.chunks_exact(8));
+    for (x, y) in (&mut cq).zip(&mut cr) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l].f32();
+        }
+    }
+    acc.iter().sum::<f32>() + cq.remainder().iter().zip(cr.remainder()).map(|(x, y)| x * y.f32()).sum::<f32>()
 }
 
 /// `p[t] = q · k[g, t]` for a head size known at compile time, four positions at a time: four
 /// independent FMA chains instead of one dependent chain per position (a lone 64-value dot
 /// product is latency-bound on its additions).
 #[inline(always)]
-fn scores<const D: usize>(q: &[f32], k: &Rows<'_>, g: usize, p: &mut [f32]) {
+fn scores<const D: usize, T: KvElem>(q: &[f32], k: &Rows<'_, T>, g: usize, p: &mut [f32]) {
     let total = p.len();
     let mut t = 0;
     while t + 4 <= total {
-        let rows: [&[f32]; 4] = std::array::from_fn(|j| k.row(g, t + j, D));
-        p[t..t + 4].copy_from_slice(&dot4::<D>(q, rows));
+        let rows: [&[T]; 4] = std::array::from_fn(|j| k.row(g, t + j, D));
+        p[t..t + 4].copy_from_slice(&dot4::<D, T>(q, rows));
         t += 4;
     }
     for (j, pt) in p[t..].iter_mut().enumerate() {
-        *pt = dot8(q, k.row(g, t + j, D));
+        *pt = dot_any(q, k.row(g, t + j, D));
     }
 }
 
 /// Four dot products of `q` with rows of length `D` (a multiple of 8; every slice holds `D`).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
 #[inline(always)]
-fn dot4<const D: usize>(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+fn dot4<const D: usize, T: KvElem>(q: &[f32], rows: [&[T]; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
     assert!(q.len() >= D && rows.iter().all(|r| r.len() >= D) && D % 8 == 0);
-    // SAFETY: AVX2 and FMA are enabled at compile time (the cfg above); every load reads 8
-    // floats at offset c·8 < D of a slice of at least D floats (asserted).
+    // SAFETY: AVX2/FMA/F16C are enabled at compile time (the cfg above); every load reads 8
+    // values at offset c·8 < D of a slice of at least D (asserted).
     unsafe {
         let mut acc = [_mm256_setzero_ps(); 4];
         for c in 0..D / 8 {
             let qc = _mm256_loadu_ps(q.as_ptr().add(c * 8));
             for (a, r) in acc.iter_mut().zip(&rows) {
-                *a = _mm256_fmadd_ps(qc, _mm256_loadu_ps(r.as_ptr().add(c * 8)), *a);
+                *a = _mm256_fmadd_ps(qc, T::load8(r.as_ptr().add(c * 8)), *a);
             }
         }
         acc.map(|v| {
@@ -184,21 +244,21 @@ fn dot4<const D: usize>(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
     }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
 #[inline(always)]
-fn dot4<const D: usize>(q: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
-    rows.map(|r| dot8(&q[..D], &r[..D]))
+fn dot4<const D: usize, T: KvElem>(q: &[f32], rows: [&[T]; 4]) -> [f32; 4] {
+    rows.map(|r| dot_any(&q[..D], &r[..D]))
 }
 
 /// `o = Σ_t p[t]·inv · v[g, t]` for a head size known at compile time: the output row stays in
 /// registers across positions instead of being loaded and stored once per position.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
 #[inline(always)]
-fn weighted_sum<const D: usize>(p: &[f32], inv: f32, v: &Rows<'_>, g: usize, o: &mut [f32]) {
+fn weighted_sum<const D: usize, T: KvElem>(p: &[f32], inv: f32, v: &Rows<'_, T>, g: usize, o: &mut [f32]) {
     use std::arch::x86_64::*;
-    assert!(o.len() == D && D % 8 == 0);
-    // SAFETY: AVX2 and FMA are enabled at compile time (the cfg above); `v.row` returns exactly
-    // D floats and `o` holds D (asserted), read and written 8 at a time below D.
+    assert!(o.len() == D && D % 8 == 0 && D <= 128);
+    // SAFETY: AVX2/FMA/F16C are enabled at compile time (the cfg above); `v.row` returns exactly
+    // D values and `o` holds D (asserted), read and written 8 at a time below D.
     unsafe {
         let mut acc = [_mm256_setzero_ps(); 16];
         let acc = &mut acc[..D / 8];
@@ -206,7 +266,7 @@ fn weighted_sum<const D: usize>(p: &[f32], inv: f32, v: &Rows<'_>, g: usize, o: 
             let w = _mm256_set1_ps(pt * inv);
             let r = v.row(g, t, D).as_ptr();
             for (c, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(r.add(c * 8)), *a);
+                *a = _mm256_fmadd_ps(w, T::load8(r.add(c * 8)), *a);
             }
         }
         for (c, a) in acc.iter().enumerate() {
@@ -215,12 +275,12 @@ fn weighted_sum<const D: usize>(p: &[f32], inv: f32, v: &Rows<'_>, g: usize, o: 
     }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
 #[inline(always)]
-fn weighted_sum<const D: usize>(p: &[f32], inv: f32, v: &Rows<'_>, g: usize, o: &mut [f32]) {
+fn weighted_sum<const D: usize, T: KvElem>(p: &[f32], inv: f32, v: &Rows<'_, T>, g: usize, o: &mut [f32]) {
     for (t, &pt) in p.iter().enumerate() {
         let w = pt * inv;
-        o.iter_mut().zip(v.row(g, t, D)).for_each(|(o, &x)| *o += w * x);
+        o.iter_mut().zip(v.row(g, t, D)).for_each(|(o, &x)| *o += w * x.f32());
     }
 }
 
@@ -263,6 +323,23 @@ mod tests {
             let diff = (got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(diff < 2e-5, "heads {heads} kv {kvh} total {total}: max |Δ| {diff}");
             assert_eq!(want.i((0, 0, 0)).unwrap().dims(), [d]);
+        }
+    }
+
+    /// An f16 cache gives the general path's result on the same (f16-rounded) values.
+    #[test]
+    fn decode_attention_reads_f16_caches() {
+        use candle_core::DType;
+        for (heads, kvh, total, d) in [(9, 3, 37, 64), (4, 2, 21, 128), (6, 3, 10, 24)] {
+            let kbuf = rand(&[1, kvh, total + 5, d], 4).to_dtype(DType::F16).unwrap();
+            let vbuf = rand(&[1, kvh, total + 5, d], 5).to_dtype(DType::F16).unwrap();
+            let (k, v) = (kbuf.narrow(2, 0, total).unwrap(), vbuf.narrow(2, 0, total).unwrap());
+            let q = rand(&[1, heads, 1, d], 6);
+            let (kf, vf) = (k.to_dtype(DType::F32).unwrap(), v.to_dtype(DType::F32).unwrap());
+            let want = general_attention(&q, &kf, &vf, None, AttentionOptions::default()).unwrap();
+            let got = decode_attention(&q, &k, &v, None, 1.0 / (d as f32).sqrt(), None).unwrap().expect("applies");
+            let diff = (got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 2e-5, "f16 heads {heads} total {total} d {d}: max |Δ| {diff}");
         }
     }
 

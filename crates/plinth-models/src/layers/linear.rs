@@ -127,6 +127,12 @@ impl QLinear {
         }
     }
 
+    /// Whether the weight is block-quantized (Q4_0, Q4_K, ...), not a float tensor.
+    pub fn is_block_quantized(&self) -> bool {
+        use candle_core::quantized::GgmlDType::{BF16, F16, F32};
+        matches!(&self.w, QMatMul::QTensor(q) if !matches!(q.dtype(), F32 | F16 | BF16))
+    }
+
     /// Attaches (or with `None` removes) a LoRA adapter; shapes are checked against the layer.
     pub fn set_lora(&self, lora: Option<Lora>) -> Result<()> {
         if let Some(l) = &lora {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use plinth_core::{Error, Result};
 use plinth_io::gguf::GgufFile;
 
@@ -227,6 +227,9 @@ pub struct Llama {
     lm_head: QLinear,
     rope: RotaryEmbedding,
     device: Device,
+    /// The KV cache's storage type: f16 for block-quantized weights (see
+    /// `kv::quantized_model_kv_dtype`).
+    kv_dtype: Option<DType>,
 }
 
 impl Llama {
@@ -315,7 +318,9 @@ impl Llama {
             head_dim: hd,
             parameters,
         };
-        Ok(Llama { cfg, info, embed_tokens, layers, norm, lm_head, rope, device: w.device() })
+        let quantized = layers.first().is_some_and(|l| l.self_attn.q_proj.is_block_quantized());
+        let kv_dtype = quantized.then(crate::kv::quantized_model_kv_dtype);
+        Ok(Llama { cfg, info, embed_tokens, layers, norm, lm_head, rope, device: w.device(), kv_dtype })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -407,7 +412,10 @@ impl Decoder for Llama {
     }
 
     fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.num_layers)
+        match self.kv_dtype {
+            Some(dt) => KvCache::with_dtype(self.cfg.num_layers, dt),
+            None => KvCache::new(self.cfg.num_layers),
+        }
     }
 
     fn forward(&self, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
