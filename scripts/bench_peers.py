@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""plinth vs llama.cpp on the same GGUF, the same thread count and the same workload.
+"""plinth vs llama.cpp (and PyTorch) on the same GGUF, the same thread count and the same workload.
 
 What it measures, per run: prefill throughput of a 512-token prompt in one forward pass,
 time to first token (that prefill + picking the first token greedily), decode throughput of
@@ -13,8 +13,13 @@ that peak RSS is per run.
   * llama.cpp: this script re-run as a child (--llama-child) that loads llama_cpp.Llama and
                mirrors `plinth bench`: the same filler text tokenized by the model's own
                tokenizer and cut to 512 ids, the same 16-token warm-up, argmax sampling.
-The report is the median of each metric over the runs, with the ratio plinth/llama.cpp.
-Caveat: the llama.cpp child's peak RSS includes the Python interpreter (~10-20 MB).
+  * PyTorch:   where torch, transformers and gguf are importable (or with --torch), a third
+               child loads the same GGUF through transformers (which dequantizes it to float32),
+               prefills the same 512 ids with a KV cache and decodes 128 greedy tokens; it runs
+               in the same rotation (plinth, llama.cpp, PyTorch, plinth, ...).
+The report is the median of each metric over the runs, with the ratios plinth/llama.cpp and
+plinth/PyTorch. Caveat: the Python children's peak RSS includes the interpreter (llama.cpp:
+~10-20 MB; PyTorch: torch itself, a few hundred MB, and float32 weights).
 
 Usually run through scripts/bench-peers, which sets up the Python and the model path.
 """
@@ -33,7 +38,8 @@ FILLER = ("The quick brown fox jumps over the lazy dog while the committee debat
 # (key, label, which direction is better)
 METRICS = [("prefill_tok_s", "prefill tok/s", "higher"), ("decode_tok_s", "decode tok/s", "higher"),
            ("ttft_ms", "time to first token ms", "lower"), ("peak_rss_mb", "peak RSS MB", "lower")]
-RSS_CAVEAT = "llama.cpp's peak RSS includes the Python interpreter running llama-cpp-python (~10-20 MB)."
+RSS_CAVEAT = ("llama.cpp's peak RSS includes the Python interpreter running llama-cpp-python (~10-20 MB); "
+              "PyTorch's includes torch and float32 weights.")
 
 
 def llama_child(model, threads):
@@ -72,6 +78,54 @@ def llama_child(model, threads):
                       "version": llama_cpp.__version__}))
 
 
+def torch_child(model, threads):
+    """One PyTorch run (transformers on the GGUF, dequantized to float32); prints one JSON line."""
+    import resource
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    d, f = os.path.split(os.path.abspath(model))
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    lm = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    ids = []
+    while len(ids) < PROMPT_TOKENS:
+        ids += tok(FILLER, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ids[:PROMPT_TOKENS]])
+
+    with torch.inference_mode():
+        lm(ids[:, :WARMUP_TOKENS], use_cache=True)  # warm-up, untimed
+        t0 = time.perf_counter()
+        out = lm(ids, use_cache=True)
+        t_prefill = time.perf_counter() - t0
+        tok_id = out.logits[0, -1].argmax().view(1, 1)
+        t_first = time.perf_counter() - t0
+        # transformers >= 5.2x names the KV cache `cache` (older versions: `past_key_values`).
+        key = "cache" if hasattr(out, "cache") else "past_key_values"
+        past = getattr(out, key)
+        t1 = time.perf_counter()
+        for _ in range(GEN_TOKENS):
+            out = lm(tok_id, use_cache=True, **{key: past})
+            past = getattr(out, key)
+            tok_id = out.logits[0, -1].argmax().view(1, 1)
+        t_dec = time.perf_counter() - t1
+    print(json.dumps({"prefill_tok_s": PROMPT_TOKENS / t_prefill, "decode_tok_s": GEN_TOKENS / t_dec,
+                      "ttft_ms": t_first * 1000.0,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                      "version": f"torch {torch.__version__}, transformers {transformers.__version__}"}))
+
+
+def torch_available():
+    try:
+        import gguf  # noqa: F401  (transformers' GGUF loader needs it)
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
 def run_json(cmd):
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -91,14 +145,19 @@ def cpu_model():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="path of a .gguf file")
-    ap.add_argument("--pairs", type=int, default=5, help="alternating plinth/llama.cpp pairs (at least 5)")
+    ap.add_argument("--pairs", type=int, default=5, help="alternating rounds of every engine (at least 5)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--plinth", default="target/release/plinth")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--torch", choices=["auto", "yes", "no"], default="auto",
+                    help="also run PyTorch (transformers on the GGUF); auto: when importable")
     ap.add_argument("--llama-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.llama_child:
         return llama_child(a.model, a.threads)
+    if a.torch_child:
+        return torch_child(a.model, a.threads)
     if a.pairs < 5:
         ap.error("--pairs must be at least 5")
     if not os.path.isfile(a.model):
@@ -108,9 +167,13 @@ def main():
                   "--prompt-tokens", str(PROMPT_TOKENS), "--gen-tokens", str(GEN_TOKENS)]
     llama_cmd = [sys.executable, os.path.abspath(__file__), "--llama-child", "--threads", str(a.threads),
                  "--model", a.model]
-    runs = {"plinth": [], "llama.cpp": []}
+    torch_cmd = [sys.executable, os.path.abspath(__file__), "--torch-child", "--threads", str(a.threads),
+                 "--model", a.model]
+    with_torch = a.torch == "yes" or (a.torch == "auto" and torch_available())
+    peers = [("plinth", plinth_cmd), ("llama.cpp", llama_cmd)] + ([("pytorch", torch_cmd)] if with_torch else [])
+    runs = {name: [] for name, _ in peers}
     for i in range(a.pairs):
-        for name, cmd in (("plinth", plinth_cmd), ("llama.cpp", llama_cmd)):
+        for name, cmd in peers:
             r = run_json(cmd)
             runs[name].append(r)
             print(f"pair {i + 1}/{a.pairs} {name:9}: prefill {r['prefill_tok_s']:7.1f} tok/s  decode "
@@ -118,21 +181,31 @@ def main():
                   file=sys.stderr)
 
     med = {n: {k: round(statistics.median(r[k] for r in rs), 2) for k, _, _ in METRICS} for n, rs in runs.items()}
-    ratio = {k: round(med["plinth"][k] / med["llama.cpp"][k], 3) if med["llama.cpp"][k] else None for k, _, _ in METRICS}
+
+    def ratio(peer):
+        return {k: round(med["plinth"][k] / med[peer][k], 3) if med[peer][k] else None for k, _, _ in METRICS}
+
+    ratios = {peer: ratio(peer) for peer in runs if peer != "plinth"}
     info = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": a.threads, "pairs": a.pairs,
             "model": a.model, "prompt_tokens": PROMPT_TOKENS, "gen_tokens": GEN_TOKENS,
-            "llama_cpp_python": runs["llama.cpp"][0]["version"]}
+            "llama_cpp_python": runs["llama.cpp"][0]["version"],
+            "pytorch": runs["pytorch"][0]["version"] if "pytorch" in runs else None}
     if a.json:
-        print(json.dumps({**info, "median": med, "ratio_plinth_over_llama_cpp": ratio,
+        print(json.dumps({**info, "median": med, "ratio_plinth_over_llama_cpp": ratios["llama.cpp"],
+                          "ratio_plinth_over_pytorch": ratios.get("pytorch"), "runs": runs,
                           "better": {k: b for k, _, b in METRICS}, "note": RSS_CAVEAT}))
         return
-    print(f"plinth vs llama.cpp (llama-cpp-python {info['llama_cpp_python']}) on {os.path.basename(a.model)}")
+    others = [p for p in runs if p != "plinth"]
+    print(f"plinth vs {' and '.join(others)} on {os.path.basename(a.model)} "
+          f"(llama-cpp-python {info['llama_cpp_python']}" + (f"; {info['pytorch']}" if info["pytorch"] else "") + ")")
     print(f"CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs), threads {a.threads}, "
-          f"{a.pairs} alternating pairs, prompt {PROMPT_TOKENS} tokens, {GEN_TOKENS} generated; medians")
-    print(f"{'metric':24}{'plinth':>10}{'llama.cpp':>11}{'plinth/llama.cpp':>18}  better")
+          f"{a.pairs} alternating rounds, prompt {PROMPT_TOKENS} tokens, {GEN_TOKENS} generated; medians")
+    head = f"{'metric':24}" + "".join(f"{p:>11}" for p in runs) + "".join(f"{'plinth/' + p:>18}" for p in others)
+    print(head + "  better")
     for k, label, better in METRICS:
-        rs = "n/a" if ratio[k] is None else f"{ratio[k]:.2f}x"
-        print(f"{label:24}{med['plinth'][k]:>10.1f}{med['llama.cpp'][k]:>11.1f}{rs:>18}  {better}")
+        row = f"{label:24}" + "".join(f"{med[p][k]:>11.1f}" for p in runs)
+        row += "".join(f"{('n/a' if ratios[p][k] is None else f'{ratios[p][k]:.2f}x'):>18}" for p in others)
+        print(row + f"  {better}")
     print("ratio > 1 is better for plinth on tok/s rows, worse on the ms and MB rows.")
     print(f"note: {RSS_CAVEAT}")
 

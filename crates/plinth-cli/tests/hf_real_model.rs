@@ -36,7 +36,10 @@ fn safetensors_directory_matches_the_gguf() {
     let ids: Vec<u32> = ids.iter().cycle().take(40).copied().collect(); // ≥ 32 rows: the f32 prompt path
     let logits = |loc: ModelLocation| {
         let m = load_decoder(&loc).unwrap().model;
-        m.forward(&ids, &mut m.new_cache(), true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        // An f32 cache for both: a quantized model's default f16 cache would add its own
+        // rounding (~1e-2 on these logits) to what this test isolates, the two loaders.
+        let mut cache = plinth_models::KvCache::new(m.info().num_layers);
+        m.forward(&ids, &mut cache, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
     };
     let from_gguf = logits(ModelLocation::Gguf(smollm2_gguf()));
     let from_dir = logits(ModelLocation::Dir(dir.clone()));

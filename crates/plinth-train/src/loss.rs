@@ -15,7 +15,7 @@ pub fn sequence_loss_sum(model: &dyn Decoder, ids: &[u32], labels: &[i64]) -> Re
     if ids.len() != labels.len() || ids.len() < 2 {
         return Err(Error::invalid("training example", format!("{} tokens and {} labels (need equal, at least 2)", ids.len(), labels.len())));
     }
-    let mut cache = model.new_cache();
+    let mut cache = crate::eval::scoring_cache(model);
     let logits = model.forward(ids, &mut cache, true)?; // [T, V]
     let t = ids.len();
     let logits = logits.narrow(0, 0, t - 1)?;

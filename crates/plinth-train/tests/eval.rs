@@ -3,7 +3,7 @@
 //! references and with a no-op adapter attached, and answer accuracy on the real SmolLM2.
 
 use plinth_io::fetch::ModelLocation;
-use plinth_models::{load_decoder, Decoder};
+use plinth_models::{load_decoder, Decoder, KvCache};
 use plinth_testutil::{fixture, smollm2_gguf};
 use plinth_tokenize::{Message, Tokenizer};
 use plinth_train::eval::{
@@ -42,7 +42,7 @@ fn brute_force(m: &dyn Decoder, ids: &[u32], ctx: usize, bos: Option<u32>, max_c
         if let Some(b) = bos {
             input[0] = b;
         }
-        let logits = m.forward(&input, &mut m.new_cache(), true).unwrap().to_vec2::<f32>().unwrap();
+        let logits = m.forward(&input, &mut KvCache::new(m.info().num_layers), true).unwrap().to_vec2::<f32>().unwrap();
         for j in ctx / 2..ctx - 1 {
             sum += nll(&logits[j], chunk[j + 1]);
             count += 1;
@@ -202,15 +202,18 @@ fn smollm2_accuracy_exact_and_normalized_match_and_reference_nll() {
     let answer = tok.encode("  The capital of France is Paris.\n", false).unwrap();
     assert!(target.starts_with(&answer));
     let all: Vec<u32> = prompt.iter().chain(&target).copied().collect();
-    let logits = m.forward(&all, &mut m.new_cache(), true).unwrap().to_vec2::<f32>().unwrap();
+    let logits = m.forward(&all, &mut KvCache::new(m.info().num_layers), true).unwrap().to_vec2::<f32>().unwrap();
     let nlls: Vec<f64> = (0..target.len()).map(|i| nll(&logits[prompt.len() - 1 + i], target[i])).collect();
     let e = &r.per_example[0];
     assert_eq!((e.prompt_tokens, e.reference_tokens, e.tokens_with_end), (prompt.len(), answer.len(), target.len()));
     let direct = nlls[..answer.len()].iter().sum::<f64>() / answer.len() as f64;
     let direct_end = nlls.iter().sum::<f64>() / nlls.len() as f64;
     println!("teacher forcing vs one forward pass: Δ {:e} (answer), {:e} (with end)", e.nll_mean - direct, e.nll_mean_with_end - direct_end);
-    assert!((e.nll_mean - direct).abs() < 1e-6, "{} vs {direct}", e.nll_mean);
-    assert!((e.nll_mean_with_end - direct_end).abs() < 1e-6, "{} vs {direct_end}", e.nll_mean_with_end);
+    // The two passes differ by one row, which changes the GEMMs' tiling and so the last bits
+    // of the logits (measured up to 1.6e-6 in mean NLL); a scoring mistake (an off-by-one
+    // position or a wrong token) moves it by 1e-1 or more.
+    assert!((e.nll_mean - direct).abs() < 1e-5, "{} vs {direct}", e.nll_mean);
+    assert!((e.nll_mean_with_end - direct_end).abs() < 1e-5, "{} vs {direct_end}", e.nll_mean_with_end);
 
     // Malformed examples are refused before any generation.
     let bad = |ex: Vec<Example>| evaluate_examples(m.as_ref(), &tok, &ex, EvalOptions::default()).unwrap_err().to_string();
