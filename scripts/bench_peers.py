@@ -44,7 +44,6 @@ RSS_CAVEAT = ("llama.cpp's peak RSS includes the Python interpreter running llam
 
 def llama_child(model, threads):
     """One llama.cpp run in this (fresh) process; prints one JSON line like `plinth bench --json`."""
-    import resource
     import llama_cpp
     import numpy as np
 
@@ -74,13 +73,12 @@ def llama_child(model, threads):
     t_dec = time.perf_counter() - t1
     print(json.dumps({"prefill_tok_s": PROMPT_TOKENS / t_prefill, "decode_tok_s": GEN_TOKENS / t_dec,
                       "ttft_ms": t_first * 1000.0,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # KB on Linux
+                      "peak_rss_mb": peak_rss_mb(),
                       "version": llama_cpp.__version__}))
 
 
 def torch_child(model, threads):
     """One PyTorch run (transformers on the GGUF, dequantized to float32); prints one JSON line."""
-    import resource
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,18 +110,26 @@ def torch_child(model, threads):
         t_dec = time.perf_counter() - t1
     print(json.dumps({"prefill_tok_s": PROMPT_TOKENS / t_prefill, "decode_tok_s": GEN_TOKENS / t_dec,
                       "ttft_ms": t_first * 1000.0,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                      "peak_rss_mb": peak_rss_mb(),
                       "version": f"torch {torch.__version__}, transformers {transformers.__version__}"}))
 
 
 def torch_available():
-    try:
-        import gguf  # noqa: F401  (transformers' GGUF loader needs it)
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    # find_spec, not import: importing torch here would inflate every child's peak RSS (see
+    # peak_rss_mb).
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("gguf", "torch", "transformers"))
+
+
+def peak_rss_mb():
+    """This process's peak resident set (VmHWM) in MB. Not getrusage's ru_maxrss: Linux carries
+    that over from the parent through fork and exec, so a child would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_json(cmd):
