@@ -1,5 +1,5 @@
 //! Activation quantization to 16 bits: an f32 row to blocks of 32 `i16` with one f32 scale
-//! (`d = max|x| / 32767`, `q = round(x / d)`) and the block sum `s = d·Σq`.
+//! (`d = max|x| / 32767`, `q = round(x / d)`), the block sum `s = d·Σq` and the exact `Σq`.
 //!
 //! Why 16 and not 8 bits (llama.cpp's `q8_1`): every linear layer's input is requantized, and
 //! with 8 bits a tiny change anywhere (the order of two float additions) flips the rounding of
@@ -26,6 +26,8 @@ pub struct BlockQ16 {
     pub d: f32,
     /// `d * Σ qs`.
     pub s: f32,
+    /// `Σ qs`, exact (lets a kernel recentre 4-bit weights once per row of blocks).
+    pub isum: i32,
     pub qs: [i16; QK],
 }
 
@@ -83,6 +85,7 @@ fn quantize_scalar(x: &[f32], out: &mut [BlockQ16]) {
         }
         b.d = d;
         b.s = d * sum as f32;
+        b.isum = sum;
     }
 }
 
@@ -121,6 +124,7 @@ unsafe fn quantize_avx2(x: &[f32], out: &mut [BlockQ16]) {
         _mm256_storeu_si256(b.qs.as_mut_ptr().add(16) as *mut __m256i, q23);
         b.d = d;
         b.s = d * sum as f32;
+        b.isum = sum;
     }
 }
 
@@ -151,7 +155,7 @@ mod tests {
         }
     }
 
-    /// |x - d·q| <= d/2 (plus f32 slack) and s = d·Σq.
+    /// |x - d·q| <= d/2 (plus f32 slack), isum = Σq and s = d·Σq.
     #[test]
     fn q16_round_trip_bound() {
         let mut rng = Rng(11);
@@ -163,7 +167,7 @@ mod tests {
                 assert!((v - b.d * qv as f32).abs() <= b.d / 2.0 + 1e-6 * amax);
             }
             let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
-            assert_eq!(b.s, b.d * sum as f32);
+            assert_eq!((b.isum, b.s), (sum, b.d * sum as f32));
         }
     }
 

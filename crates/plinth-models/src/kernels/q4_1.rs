@@ -91,6 +91,29 @@ unsafe fn block_sums<const VNNI: bool>(p: *const u8, a: &BlockQ16) -> std::arch:
     }
 }
 
+/// One block's `Σq·x` with the raw nibbles `q` (0..15) as 8 i32 lanes (a lane holds at most
+/// 4·15·32767 < 2^21): the recentring is left to the caller, which applies it once per row
+/// after reducing the lanes ([`dot4_body`]), saving two subtractions per block.
+///
+/// # Safety
+/// As [`block_sums`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn raw_block_sums<const VNNI: bool>(p: *const u8, a: &BlockQ16) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let tmp = _mm_loadu_si128(p.add(4) as *const __m128i);
+    let m4 = _mm_set1_epi8(0x0f);
+    let lo = _mm256_cvtepu8_epi16(_mm_and_si128(tmp, m4));
+    let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(tmp), m4));
+    let xlo = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+    let xhi = _mm256_loadu_si256(a.qs.as_ptr().add(16) as *const __m256i);
+    if VNNI {
+        _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(_mm256_setzero_si256(), lo, xlo), hi, xhi)
+    } else {
+        _mm256_add_epi32(_mm256_madd_epi16(lo, xlo), _mm256_madd_epi16(hi, xhi))
+    }
+}
+
 /// One row: per block, `d·d_a` times the 8 integer lanes into an 8-lane f32 accumulator, and
 /// the offset term `(m+8d)·s_a` into a scalar one.
 ///
@@ -137,10 +160,12 @@ unsafe fn dot4_body<const VNNI: bool>(w: &[u8], rb: usize, x: &[BlockQ16]) -> [f
         for r in 0..4 {
             _mm_prefetch::<_MM_HINT_T0>(p.add(r * rb + PREFETCH) as *const i8);
         }
-        let s: [__m256i; 4] = std::array::from_fn(|r| block_sums::<VNNI>(p.add(r * rb), a));
-        // Pairwise sums within 128-bit lanes, then the two lanes: one exact i32 per row.
+        let s: [__m256i; 4] = std::array::from_fn(|r| raw_block_sums::<VNNI>(p.add(r * rb), a));
+        // Pairwise sums within 128-bit lanes, then the two lanes: one exact i32 `Σq·x` per
+        // row, recentred to `Σ(q-8)·x` in integers with the activation's exact `Σx`.
         let h = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
         let isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+        let isum = _mm_sub_epi32(isum, _mm_set1_epi32(8 * a.isum));
         let dm16 = _mm_setr_epi32(
             (p as *const i32).read_unaligned(),
             (p.add(rb) as *const i32).read_unaligned(),
