@@ -345,6 +345,10 @@ impl Layer {
         let h = self.input_layernorm.forward(x)?;
         let a = &self.self_attn;
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            // One position: [b, 1, n, d] and [b, n, 1, d] are the same memory, no copy needed.
+            if seq == 1 {
+                return Ok(t.reshape((b, n, 1, cfg.head_dim))?);
+            }
             Ok(t.reshape((b, seq, n, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
         let norm = |t: Tensor, n: &Option<RmsNorm>| -> Result<Tensor> { n.as_ref().map_or(Ok(t.clone()), |n| n.forward(&t)) };
@@ -355,13 +359,14 @@ impl Layer {
         let mut outs = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
             let start = cache.len();
-            let qi = rope.apply(&q.narrow(0, i, 1)?, start)?;
-            let ki = rope.apply(&k.narrow(0, i, 1)?, start)?;
-            let (ki, vi) = cache.append(layer, &ki, &v.narrow(0, i, 1)?.contiguous()?)?;
+            let row = |t: &Tensor| -> Result<Tensor> { Ok(if b == 1 { t.clone() } else { t.narrow(0, i, 1)?.contiguous()? }) };
+            let qi = rope.apply(&row(&q)?, start)?;
+            let ki = rope.apply(&row(&k)?, start)?;
+            let (ki, vi) = cache.append(layer, &ki, &row(&v)?)?;
             outs.push(scaled_dot_product_attention(&qi, &ki, &vi, masks[i].get(self.window)?, AttentionOptions::default())?);
         }
         let attn = if b == 1 { outs.pop().expect("one sequence") } else { Tensor::cat(&outs, 0)? };
-        let attn = attn.transpose(1, 2)?.reshape((b, seq, cfg.num_heads * cfg.head_dim))?;
+        let attn = if seq == 1 { attn } else { attn.transpose(1, 2)? }.reshape((b, seq, cfg.num_heads * cfg.head_dim))?;
         let x = (x + a.o_proj.forward(&attn)?)?;
         let h = self.post_attention_layernorm.forward(&x)?;
         let m = &self.mlp;
