@@ -5,7 +5,8 @@
 //! decoded token that is one read and one write of the whole cache per layer plus GEMM packing,
 //! several times the work of reading the cache once. Here each query head streams its kv head's
 //! keys (scores), takes the softmax, and streams the values (weighted sum), straight from the
-//! cache's strided storage; heads are split across candle's worker pool. The cache may hold
+//! cache's strided storage; the work is split by kv head and block of positions across
+//! candle's worker pool (see [`DecodeAttention::run`]). The cache may hold
 //! f32 or f16 (converted 8 values at a time as they are read).
 
 use super::fused::exp;
@@ -139,53 +140,94 @@ impl CustomOp3 for DecodeAttention {
     }
 }
 
+/// Positions per unit of work: a block's keys and values (8 KB per kv head at d = 64 in f16)
+/// stay in L1 while every query head of the group reads them.
+const BLOCK: usize = 64;
+
 impl DecodeAttention {
+    /// Work items are (kv head, block of positions): each reads its keys and values once for
+    /// all the query heads sharing that kv head, and yields per head a partial softmax (block
+    /// max, sum of exponentials, unnormalized weighted sum of values); the partials are then
+    /// merged per head (the flash-decoding split, which also balances the two threads however
+    /// few kv heads there are).
     fn run<T: KvElem>(&self, q: &[f32], k: Rows<'_, T>, v: Rows<'_, T>) -> Vec<f32> {
         let (heads, d, total) = (self.heads, self.d, self.total);
         let group = heads / self.kv_heads;
-        let mut out = vec![0f32; heads * d];
-        let dst = SharedOut(out.as_mut_ptr());
+        let blocks = total.div_ceil(BLOCK).max(1);
+        let items = self.kv_heads * blocks;
+        // Per item and head of its group: [max, sum, o[0..d]].
+        let stride = 2 + d;
+        let mut partial = vec![0f32; items * group * stride];
+        let dst = SharedOut(partial.as_mut_ptr());
         let (dst, k, v) = (&dst, &k, &v);
-        candle_core::utils::barrier_pool().execute_chunked(heads, |hs| {
-            let mut p = vec![0f32; total];
-            for h in hs {
-                let g = h / group;
-                let qh = &q[h * d..(h + 1) * d];
-                match d {
-                    64 => scores::<64, T>(qh, k, g, &mut p),
-                    128 => scores::<128, T>(qh, k, g, &mut p),
-                    _ => p.iter_mut().enumerate().for_each(|(t, pt)| *pt = dot_any(qh, k.row(g, t, d))),
-                }
-                for s in p.iter_mut() {
-                    *s *= self.scale;
-                    if let Some(c) = self.softcap {
-                        *s = c * (2.0 / (1.0 + exp(-2.0 * *s / c)) - 1.0);
+        candle_core::utils::barrier_pool().execute_chunked(items, |range| {
+            let mut p = vec![0f32; BLOCK];
+            for item in range {
+                let (g, b) = (item / blocks, item % blocks);
+                let (t0, t1) = (b * BLOCK, ((b + 1) * BLOCK).min(total));
+                let p = &mut p[..t1 - t0];
+                for j in 0..group {
+                    let h = g * group + j;
+                    let qh = &q[h * d..(h + 1) * d];
+                    match d {
+                        64 => scores::<64, T>(qh, k, g, t0, p),
+                        128 => scores::<128, T>(qh, k, g, t0, p),
+                        _ => p.iter_mut().enumerate().for_each(|(t, pt)| *pt = dot_any(qh, k.row(g, t0 + t, d))),
                     }
-                }
-                if let Some(m) = &self.mask {
-                    p.iter_mut().zip(m).for_each(|(s, m)| *s += m);
-                }
-                let max = p.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                // A fully masked row (max = -inf) gives zeros, not NaN.
-                let max = if max.is_finite() { max } else { 0.0 };
-                p.iter_mut().for_each(|s| *s = exp(*s - max));
-                let sum: f32 = super::fused::sum8(&p);
-                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-                // SAFETY: heads are handed out in disjoint ranges, so head h's row is written by
-                // this call alone; `out` outlives `execute_chunked`, which waits for all workers.
-                let o = unsafe { std::slice::from_raw_parts_mut(dst.0.add(h * d), d) };
-                match d {
-                    64 => weighted_sum::<64, T>(&p, inv, v, g, o),
-                    128 => weighted_sum::<128, T>(&p, inv, v, g, o),
-                    _ => {
-                        for (t, &pt) in p.iter().enumerate() {
-                            let w = pt * inv;
-                            o.iter_mut().zip(v.row(g, t, d)).for_each(|(o, &x)| *o += w * x.f32());
+                    for s in p.iter_mut() {
+                        *s *= self.scale;
+                        if let Some(c) = self.softcap {
+                            *s = c * (2.0 / (1.0 + exp(-2.0 * *s / c)) - 1.0);
+                        }
+                    }
+                    if let Some(m) = &self.mask {
+                        p.iter_mut().zip(&m[t0..t1]).for_each(|(s, m)| *s += m);
+                    }
+                    let max = p.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    // A fully masked block (max = -inf) contributes nothing, not NaN.
+                    let safe_max = if max.is_finite() { max } else { 0.0 };
+                    p.iter_mut().for_each(|s| *s = exp(*s - safe_max));
+                    // SAFETY: items are handed out in disjoint ranges, and each item owns its
+                    // `group` records of `stride` values; `partial` outlives `execute_chunked`,
+                    // which waits for all workers.
+                    let rec = unsafe { std::slice::from_raw_parts_mut(dst.0.add((item * group + j) * stride), stride) };
+                    rec[0] = max;
+                    rec[1] = super::fused::sum8(p);
+                    let o = &mut rec[2..];
+                    match d {
+                        64 => weighted_sum::<64, T>(p, v, g, t0, o),
+                        128 => weighted_sum::<128, T>(p, v, g, t0, o),
+                        _ => {
+                            for (t, &w) in p.iter().enumerate() {
+                                o.iter_mut().zip(v.row(g, t0 + t, d)).for_each(|(o, &x)| *o += w * x.f32());
+                            }
                         }
                     }
                 }
             }
         });
+        // Merge each head's blocks: rescale to the overall max, then normalize.
+        let mut out = vec![0f32; heads * d];
+        for (h, o) in out.chunks_exact_mut(d).enumerate() {
+            let (g, j) = (h / group, h % group);
+            let rec = |b: usize| &partial[((g * blocks + b) * group + j) * stride..][..stride];
+            let max = (0..blocks).map(|b| rec(b)[0]).fold(f32::NEG_INFINITY, f32::max);
+            if !max.is_finite() {
+                continue; // every position masked: zeros, as the general path's softmax gives
+            }
+            let mut sum = 0f32;
+            for b in 0..blocks {
+                let r = rec(b);
+                if !r[0].is_finite() {
+                    continue;
+                }
+                let scale = exp(r[0] - max);
+                sum += r[1] * scale;
+                o.iter_mut().zip(&r[2..]).for_each(|(o, &x)| *o += scale * x);
+            }
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            o.iter_mut().for_each(|x| *x *= inv);
+        }
         out
     }
 }
@@ -203,20 +245,20 @@ fn dot_any<T: KvElem>(q: &[f32], r: &[T]) -> f32 {
     acc.iter().sum::<f32>() + cq.remainder().iter().zip(cr.remainder()).map(|(x, y)| x * y.f32()).sum::<f32>()
 }
 
-/// `p[t] = q · k[g, t]` for a head size known at compile time, four positions at a time: four
+/// `p[t] = q · k[g, t0 + t]` for a head size known at compile time, four positions at a time: four
 /// independent FMA chains instead of one dependent chain per position (a lone 64-value dot
 /// product is latency-bound on its additions).
 #[inline(always)]
-fn scores<const D: usize, T: KvElem>(q: &[f32], k: &Rows<'_, T>, g: usize, p: &mut [f32]) {
+fn scores<const D: usize, T: KvElem>(q: &[f32], k: &Rows<'_, T>, g: usize, t0: usize, p: &mut [f32]) {
     let total = p.len();
     let mut t = 0;
     while t + 4 <= total {
-        let rows: [&[T]; 4] = std::array::from_fn(|j| k.row(g, t + j, D));
+        let rows: [&[T]; 4] = std::array::from_fn(|j| k.row(g, t0 + t + j, D));
         p[t..t + 4].copy_from_slice(&dot4::<D, T>(q, rows));
         t += 4;
     }
     for (j, pt) in p[t..].iter_mut().enumerate() {
-        *pt = dot_any(q, k.row(g, t + j, D));
+        *pt = dot_any(q, k.row(g, t0 + t + j, D));
     }
 }
 
@@ -250,11 +292,11 @@ fn dot4<const D: usize, T: KvElem>(q: &[f32], rows: [&[T]; 4]) -> [f32; 4] {
     rows.map(|r| dot_any(&q[..D], &r[..D]))
 }
 
-/// `o = Σ_t p[t]·inv · v[g, t]` for a head size known at compile time: the output row stays in
-/// registers across positions instead of being loaded and stored once per position.
+/// `o = Σ_t p[t] · v[g, t0 + t]` for a head size known at compile time: the output row stays
+/// in registers across positions instead of being loaded and stored once per position.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c"))]
 #[inline(always)]
-fn weighted_sum<const D: usize, T: KvElem>(p: &[f32], inv: f32, v: &Rows<'_, T>, g: usize, o: &mut [f32]) {
+fn weighted_sum<const D: usize, T: KvElem>(p: &[f32], v: &Rows<'_, T>, g: usize, t0: usize, o: &mut [f32]) {
     use std::arch::x86_64::*;
     assert!(o.len() == D && D % 8 == 0 && D <= 128);
     // SAFETY: AVX2/FMA/F16C are enabled at compile time (the cfg above); `v.row` returns exactly
@@ -263,8 +305,8 @@ fn weighted_sum<const D: usize, T: KvElem>(p: &[f32], inv: f32, v: &Rows<'_, T>,
         let mut acc = [_mm256_setzero_ps(); 16];
         let acc = &mut acc[..D / 8];
         for (t, &pt) in p.iter().enumerate() {
-            let w = _mm256_set1_ps(pt * inv);
-            let r = v.row(g, t, D).as_ptr();
+            let w = _mm256_set1_ps(pt);
+            let r = v.row(g, t0 + t, D).as_ptr();
             for (c, a) in acc.iter_mut().enumerate() {
                 *a = _mm256_fmadd_ps(w, T::load8(r.add(c * 8)), *a);
             }
@@ -277,10 +319,9 @@ fn weighted_sum<const D: usize, T: KvElem>(p: &[f32], inv: f32, v: &Rows<'_, T>,
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma", target_feature = "f16c")))]
 #[inline(always)]
-fn weighted_sum<const D: usize, T: KvElem>(p: &[f32], inv: f32, v: &Rows<'_, T>, g: usize, o: &mut [f32]) {
-    for (t, &pt) in p.iter().enumerate() {
-        let w = pt * inv;
-        o.iter_mut().zip(v.row(g, t, D)).for_each(|(o, &x)| *o += w * x.f32());
+fn weighted_sum<const D: usize, T: KvElem>(p: &[f32], v: &Rows<'_, T>, g: usize, t0: usize, o: &mut [f32]) {
+    for (t, &w) in p.iter().enumerate() {
+        o.iter_mut().zip(v.row(g, t0 + t, D)).for_each(|(o, &x)| *o += w * x.f32());
     }
 }
 
@@ -308,7 +349,7 @@ mod tests {
     #[test]
     fn decode_attention_matches_general_path() {
         for (heads, kvh, total, d, window, cap) in
-            [(9, 3, 37, 64, None, None), (4, 2, 21, 128, None, None), (4, 4, 1, 8, None, None), (8, 2, 50, 16, Some(20), None), (6, 3, 33, 24, None, Some(5.0))]
+            [(9, 3, 37, 64, None, None), (9, 3, 300, 64, None, None), (8, 2, 200, 16, Some(70), None), (4, 2, 21, 128, None, None), (4, 4, 1, 8, None, None), (8, 2, 50, 16, Some(20), None), (6, 3, 33, 24, None, Some(5.0))]
         {
             let cap_buf = total + 11;
             let kbuf = rand(&[1, kvh, cap_buf, d], 1);
@@ -330,7 +371,7 @@ mod tests {
     #[test]
     fn decode_attention_reads_f16_caches() {
         use candle_core::DType;
-        for (heads, kvh, total, d) in [(9, 3, 37, 64), (4, 2, 21, 128), (6, 3, 10, 24)] {
+        for (heads, kvh, total, d) in [(9, 3, 37, 64), (9, 3, 260, 64), (4, 2, 21, 128), (6, 3, 10, 24)] {
             let kbuf = rand(&[1, kvh, total + 5, d], 4).to_dtype(DType::F16).unwrap();
             let vbuf = rand(&[1, kvh, total + 5, d], 5).to_dtype(DType::F16).unwrap();
             let (k, v) = (kbuf.narrow(2, 0, total).unwrap(), vbuf.narrow(2, 0, total).unwrap());
