@@ -179,8 +179,11 @@ pub(crate) struct Format<A> {
     pub dot: fn(Isa, &[u8], &[A]) -> f32,
     /// Optionally, four consecutive rows (`4 · row bytes`) at once, sharing the activation's
     /// loads: `[dot(row 0), .., dot(row 3)]`, within float rounding (used for batches).
-    pub dot4: Option<fn(Isa, &[u8], &[A]) -> [f32; 4]>,
+    pub dot4: Option<Dot4<A>>,
 }
+
+/// A format's 4-row kernel (see [`Format::dot4`]).
+pub(crate) type Dot4<A> = fn(Isa, &[u8], &[A]) -> [f32; 4];
 
 /// Weight rows per unit of parallel work (a thread takes whole groups).
 const GROUP: usize = 16;
@@ -211,7 +214,7 @@ pub(crate) struct Part<'a, A> {
 /// pool in groups of 16; each weight row is read once for all activation rows.
 pub(crate) fn matmul_rows_many<A: ActBlock>(parts: &mut [Part<'_, A>], isa: Isa, cols: usize, xs: &[A]) -> Result<()> {
     let nb = cols / A::VALUES;
-    let n_x = if nb == 0 { 0 } else { xs.len() / nb };
+    let n_x = xs.len().checked_div(nb).unwrap_or(0);
     let mut work = Vec::with_capacity(parts.len());
     for p in parts.iter_mut() {
         let f = p.format;

@@ -267,7 +267,7 @@ fn scores<const D: usize, T: KvElem>(q: &[f32], k: &Rows<'_, T>, g: usize, t0: u
 #[inline(always)]
 fn dot4<const D: usize, T: KvElem>(q: &[f32], rows: [&[T]; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
-    assert!(q.len() >= D && rows.iter().all(|r| r.len() >= D) && D % 8 == 0);
+    assert!(q.len() >= D && rows.iter().all(|r| r.len() >= D) && D.is_multiple_of(8));
     // SAFETY: AVX2/FMA/F16C are enabled at compile time (the cfg above); every load reads 8
     // values at offset c·8 < D of a slice of at least D (asserted).
     unsafe {
@@ -298,7 +298,7 @@ fn dot4<const D: usize, T: KvElem>(q: &[f32], rows: [&[T]; 4]) -> [f32; 4] {
 #[inline(always)]
 fn weighted_sum<const D: usize, T: KvElem>(p: &[f32], v: &Rows<'_, T>, g: usize, t0: usize, o: &mut [f32]) {
     use std::arch::x86_64::*;
-    assert!(o.len() == D && D % 8 == 0 && D <= 128);
+    assert!(o.len() == D && D.is_multiple_of(8) && D <= 128);
     // SAFETY: AVX2/FMA/F16C are enabled at compile time (the cfg above); `v.row` returns exactly
     // D values and `o` holds D (asserted), read and written 8 at a time below D.
     unsafe {
