@@ -10,6 +10,54 @@
 //! has a portable scalar reference and x86 SIMD versions; [`Isa::detect`] picks the best one
 //! once per process, and tests force every available path in turn against the scalar one.
 
+/// Defines a weight format's `dot(isa, row, x)`, the row kernel the driver calls: `isa` picks
+/// the module's `dot_scalar`, `dot_avx2` or `dot_vnni` (the last two x86 only). One definition
+/// of the dispatch and of its safety argument for every format.
+macro_rules! row_kernel_dispatch {
+    ($act:ty) => {
+        /// One weight row (`row.len() == BLOCK_BYTES * x.len()`) dotted with one quantized
+        /// activation row. `isa` must be supported (checked by [`super::matmul_rows_many`]).
+        #[inline]
+        fn dot(isa: Isa, row: &[u8], x: &[$act]) -> f32 {
+            debug_assert_eq!(row.len(), x.len() * BLOCK_BYTES);
+            match isa {
+                Isa::Scalar => dot_scalar(row, x),
+                // SAFETY: the driver only passes an `isa` that `Isa::supported` accepted, so the
+                // CPU has the features these functions enable; it also checked the lengths.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { dot_avx2(row, x) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512Vnni => unsafe { dot_vnni(row, x) },
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => dot_scalar(row, x),
+            }
+        }
+    };
+}
+
+/// The checks every activation quantizer makes before it writes: `x` is whole blocks of
+/// `A::VALUES`, `out` has one block per group, and the CPU has `isa`.
+pub(crate) fn check_quantize<A: ActBlock>(what: &str, isa: Isa, values: usize, blocks: usize) -> Result<()> {
+    let n = A::VALUES;
+    if !values.is_multiple_of(n) || blocks != values / n {
+        return Err(plinth_core::Error::Invalid {
+            what: format!("{what} quantization"),
+            why: format!("{values} values into {blocks} blocks of {n}: length must be a multiple of {n} and match"),
+        });
+    }
+    if !isa.supported() {
+        return Err(plinth_core::Error::Invalid { what: format!("{what} quantization"), why: format!("{isa:?} is not supported by this CPU") });
+    }
+    Ok(())
+}
+
+/// A fresh row of activation blocks for `x`, filled by `quantize` with `isa`.
+pub(crate) fn quantize_row<A: ActBlock + Default>(isa: Isa, x: &[f32], quantize: fn(Isa, &[f32], &mut [A]) -> Result<()>) -> Result<Vec<A>> {
+    let mut out = vec![A::default(); x.len() / A::VALUES];
+    quantize(isa, x, &mut out)?;
+    Ok(out)
+}
+
 pub mod q16;
 pub mod q4_0;
 pub mod q4_1;
@@ -144,8 +192,7 @@ fn run_many<A: ActBlock + Default>(
 ) -> Result<Vec<Vec<f32>>> {
     let isa = Isa::detect();
     let n = x.len() / cols.max(1);
-    let mut xs = vec![A::default(); x.len() / A::VALUES];
-    quantize(isa, x, &mut xs)?;
+    let xs = quantize_row(isa, x, quantize)?;
     let mut outs: Vec<Vec<f32>> = parts.iter().map(|&(_, d)| vec![0f32; n * d]).collect();
     let mut ps: Vec<Part<'_, A>> = formats
         .iter()
@@ -196,6 +243,7 @@ unsafe impl Sync for SharedOut {}
 /// `out[i][r] = W[r] · x[i]` for a `[rows, cols]` weight in format `f` (`w`, GGML block bytes)
 /// and `n_x` quantized activation rows (`xs`, `n_x * cols / A::VALUES` blocks); `out` is
 /// `[n_x, rows]`, row-major. See [`matmul_rows_many`].
+#[cfg(test)]
 pub(crate) fn matmul_rows<A: ActBlock>(f: &Format<A>, isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[A], out: &mut [f32]) -> Result<()> {
     matmul_rows_many(&mut [Part { format: f, w, rows, out }], isa, cols, xs)
 }

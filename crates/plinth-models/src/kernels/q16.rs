@@ -13,7 +13,7 @@
 //! bit-identical blocks.
 
 use super::{ActBlock, Isa};
-use plinth_core::{Error, Result};
+use plinth_core::Result;
 
 /// Values per block.
 pub const QK: usize = 32;
@@ -37,15 +37,7 @@ impl ActBlock for BlockQ16 {
 
 /// Quantizes `x` (length a multiple of 32) into `out` (`x.len() / 32` blocks) with `isa`.
 pub fn quantize_into(isa: Isa, x: &[f32], out: &mut [BlockQ16]) -> Result<()> {
-    if !x.len().is_multiple_of(QK) || out.len() != x.len() / QK {
-        return Err(Error::Invalid {
-            what: "q16 quantization".into(),
-            why: format!("{} values into {} blocks of {QK}: length must be a multiple of {QK} and match", x.len(), out.len()),
-        });
-    }
-    if !isa.supported() {
-        return Err(Error::Invalid { what: "q16 quantization".into(), why: format!("{isa:?} is not supported by this CPU") });
-    }
+    super::check_quantize::<BlockQ16>("q16", isa, x.len(), out.len())?;
     match isa {
         Isa::Scalar => quantize_scalar(x, out),
         // SAFETY: `isa.supported()` checked above that the CPU has AVX2 (both SIMD paths
@@ -60,9 +52,7 @@ pub fn quantize_into(isa: Isa, x: &[f32], out: &mut [BlockQ16]) -> Result<()> {
 
 /// Quantizes `x` with a forced path into new blocks.
 pub fn quantize_row_with(isa: Isa, x: &[f32]) -> Result<Vec<BlockQ16>> {
-    let mut out = vec![BlockQ16::default(); x.len() / QK];
-    quantize_into(isa, x, &mut out)?;
-    Ok(out)
+    super::quantize_row(isa, x, quantize_into)
 }
 
 /// `d = amax / 32767` and the multiplier `32767 / amax` (0 for a zero block).

@@ -10,28 +10,11 @@ use super::q8::{BlockQ8, QK};
 #[cfg(target_arch = "x86_64")]
 use super::q8_0::{hsum_ps, scale};
 use super::{f16_to_f32, Isa};
-use plinth_core::Result;
 
 /// Bytes per block of 32 weights.
 pub const BLOCK_BYTES: usize = 18;
 
-/// One weight row (`row.len() == 18 * x.len()`) dotted with one quantized activation row.
-/// `isa` must be supported (checked by [`super::matmul_rows`]; this is the inner loop).
-#[inline]
-fn dot(isa: Isa, row: &[u8], x: &[BlockQ8]) -> f32 {
-    debug_assert_eq!(row.len(), x.len() * BLOCK_BYTES);
-    match isa {
-        Isa::Scalar => dot_scalar(row, x),
-        // SAFETY: callers only pass an `isa` that `Isa::supported` accepted, so the CPU has
-        // the features these functions enable; the slices' lengths are checked by the caller.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { dot_avx2(row, x) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { dot_vnni(row, x) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => dot_scalar(row, x),
-    }
-}
+row_kernel_dispatch!(BlockQ8);
 
 /// The portable reference: exact integer block sums, f32 running sum.
 fn dot_scalar(row: &[u8], x: &[BlockQ8]) -> f32 {
@@ -125,18 +108,6 @@ unsafe fn dot_vnni(row: &[u8], x: &[BlockQ8]) -> f32 {
         acc[0] = block(p.add(2 * pairs * BLOCK_BYTES), &x[2 * pairs], acc[0]);
     }
     hsum_ps(_mm256_add_ps(acc[0], acc[1]))
-}
-
-/// `out[i][r] = W[r] · x[i]` for a `[rows, cols]` Q4_0 weight (`w`, GGML block bytes) and
-/// `n_x` quantized activation rows (`xs`, `n_x * cols / 32` blocks), with the best path.
-/// `out` is `[n_x, rows]`, row-major.
-pub fn matmul(w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32]) -> Result<()> {
-    matmul_with(Isa::detect(), w, rows, cols, xs, out)
-}
-
-/// [`matmul`] with a forced path (the work split is the shared driver's, `kernels::matmul_rows`).
-pub fn matmul_with(isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32]) -> Result<()> {
-    super::matmul_rows(&FORMAT, isa, w, rows, cols, xs, out)
 }
 
 /// Q4_0 for the shared matmul driver.

@@ -5,11 +5,10 @@
 //! byte `j` being element `j` and the high nibble element `j + 16`; element = `d·q + m`. With
 //! the activation block `(d_a, s_a = d_a·Σq16, q16)`, one block's contribution to the dot
 //! product is `d·d_a·Σ((q4-8)·q16) + (m+8d)·s_a`: an exact integer dot product and two
-//! multiplies (see [`scales`] for why recentred).
+//! multiplies (see `scales` for why recentred).
 
 use super::q16::{BlockQ16, QK};
 use super::{f16_to_f32, Isa};
-use plinth_core::Result;
 
 /// Bytes per block of 32 weights.
 pub const BLOCK_BYTES: usize = 20;
@@ -23,23 +22,7 @@ pub fn row_bytes(cols: usize) -> usize {
     cols / QK * BLOCK_BYTES
 }
 
-/// One weight row (`row.len() == 20 * x.len()`) dotted with one quantized activation row.
-/// `isa` must be supported (checked by [`matmul_with`]; this is the inner loop).
-#[inline]
-fn dot(isa: Isa, row: &[u8], x: &[BlockQ16]) -> f32 {
-    debug_assert_eq!(row.len(), x.len() * BLOCK_BYTES);
-    match isa {
-        Isa::Scalar => dot_scalar(row, x),
-        // SAFETY: callers only pass an `isa` that `Isa::supported` accepted, so the CPU has
-        // the features these functions enable; the slices' lengths are checked by the caller.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { dot_avx2(row, x) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { dot_vnni(row, x) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => dot_scalar(row, x),
-    }
-}
+row_kernel_dispatch!(BlockQ16);
 
 /// The block's scale and recentred offset: `value = d·(q - 8) + (m + 8d)`.
 ///
@@ -231,18 +214,6 @@ unsafe fn dot4_vnni(w: &[u8], rb: usize, x: &[BlockQ16]) -> [f32; 4] {
     dot4_body::<true>(w, rb, x)
 }
 
-/// `out[i][r] = W[r] · x[i]` for a `[rows, cols]` Q4_1 weight (`w`, GGML block bytes) and
-/// `n_x` quantized activation rows (`xs`, `n_x * cols / 32` blocks), with the best path.
-/// `out` is `[n_x, rows]`, row-major.
-pub fn matmul(w: &[u8], rows: usize, cols: usize, xs: &[BlockQ16], out: &mut [f32]) -> Result<()> {
-    matmul_with(Isa::detect(), w, rows, cols, xs, out)
-}
-
-/// [`matmul`] with a forced path (see [`super::matmul_rows`] for the work split).
-pub fn matmul_with(isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[BlockQ16], out: &mut [f32]) -> Result<()> {
-    super::matmul_rows(&FORMAT, isa, w, rows, cols, xs, out)
-}
-
 /// Q4_1 for the shared matmul driver.
 pub(crate) const FORMAT: super::Format<BlockQ16> = super::Format { name: "q4_1", block_values: QK, block_bytes: BLOCK_BYTES, dot, dot4: Some(dot4) };
 
@@ -322,7 +293,7 @@ pub(crate) mod tests {
                     let (want, scale) = reference(&w, rows, nb, &xs);
                     for isa in Isa::available() {
                         let mut out = vec![f32::NAN; n_x * rows];
-                        matmul_with(isa, &w, rows, cols, &xs, &mut out).unwrap();
+                        crate::kernels::matmul_rows(&FORMAT, isa, &w, rows, cols, &xs, &mut out).unwrap();
                         for k in 0..out.len() {
                             let err = (out[k] as f64 - want[k]).abs();
                             worst = worst.max(err / scale[k]);
@@ -374,7 +345,7 @@ pub(crate) mod tests {
         let wf = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let xs = quantize_row_with(Isa::detect(), &x).unwrap();
         let mut out = vec![0f32; rows];
-        matmul(&w, rows, cols, &xs, &mut out).unwrap();
+        crate::kernels::matmul_rows(&FORMAT, Isa::detect(), &w, rows, cols, &xs, &mut out).unwrap();
         let mut worst = 0f32;
         for r in 0..rows {
             let wr = &wf[r * cols..(r + 1) * cols];
@@ -401,7 +372,7 @@ pub(crate) mod tests {
             let n = 2000;
             let t = std::time::Instant::now();
             for _ in 0..n {
-                matmul_with(isa, &w, rows, cols, &xs, &mut out).unwrap();
+                crate::kernels::matmul_rows(&FORMAT, isa, &w, rows, cols, &xs, &mut out).unwrap();
             }
             let dt = t.elapsed().as_secs_f64() / n as f64;
             println!("{isa:?}: {:.1} us per [{rows}x{cols}] matvec, {:.2} GB/s of weights", dt * 1e6, w.len() as f64 / dt / 1e9);
@@ -423,7 +394,7 @@ pub(crate) mod tests {
             let n = 10 * n_w;
             let t = std::time::Instant::now();
             for i in 0..n {
-                matmul_with(isa, &ws[i % n_w], rows, cols, &xs, &mut out).unwrap();
+                crate::kernels::matmul_rows(&FORMAT, isa, &ws[i % n_w], rows, cols, &xs, &mut out).unwrap();
             }
             let dt = t.elapsed().as_secs_f64() / n as f64;
             println!("{isa:?} from memory: {:.1} us per [{rows}x{cols}] matvec, {:.2} GB/s of weights", dt * 1e6, ws[0].len() as f64 / dt / 1e9);
@@ -434,10 +405,10 @@ pub(crate) mod tests {
     fn q4_1_matmul_rejects_bad_shapes() {
         let xs = vec![BlockQ16::default(); 2];
         let mut out = vec![0f32; 2];
-        assert!(matmul(&[0u8; 80], 2, 64, &xs, &mut out).is_ok());
-        assert!(matmul(&[0u8; 79], 2, 64, &xs, &mut out).is_err());
-        assert!(matmul(&[0u8; 80], 2, 63, &xs, &mut out).is_err());
-        assert!(matmul(&[0u8; 80], 2, 64, &xs[..1], &mut out).is_err());
-        assert!(matmul(&[0u8; 80], 2, 64, &xs, &mut out[..1]).is_err());
+        assert!(crate::kernels::matmul_rows(&FORMAT, Isa::detect(), &[0u8; 80], 2, 64, &xs, &mut out).is_ok());
+        assert!(crate::kernels::matmul_rows(&FORMAT, Isa::detect(), &[0u8; 79], 2, 64, &xs, &mut out).is_err());
+        assert!(crate::kernels::matmul_rows(&FORMAT, Isa::detect(), &[0u8; 80], 2, 63, &xs, &mut out).is_err());
+        assert!(crate::kernels::matmul_rows(&FORMAT, Isa::detect(), &[0u8; 80], 2, 64, &xs[..1], &mut out).is_err());
+        assert!(crate::kernels::matmul_rows(&FORMAT, Isa::detect(), &[0u8; 80], 2, 64, &xs, &mut out[..1]).is_err());
     }
 }

@@ -11,7 +11,6 @@
 
 use super::q8k::{BlockQ8K, QK_K};
 use super::{f16_to_f32, Isa};
-use plinth_core::Result;
 
 /// Bytes per super-block of 256 weights.
 pub const BLOCK_BYTES: usize = 144;
@@ -30,23 +29,7 @@ fn scales_mins(s: &[u8]) -> (u64, u64) {
     ((w0 & 0x3f3f_3f3f) as u64 | (sc_hi as u64) << 32, (w1 & 0x3f3f_3f3f) as u64 | (m_hi as u64) << 32)
 }
 
-/// One weight row (`row.len() == 144 * x.len()`) dotted with one quantized activation row.
-/// `isa` must be supported (checked by [`super::matmul_rows`]; this is the inner loop).
-#[inline]
-fn dot(isa: Isa, row: &[u8], x: &[BlockQ8K]) -> f32 {
-    debug_assert_eq!(row.len(), x.len() * BLOCK_BYTES);
-    match isa {
-        Isa::Scalar => dot_scalar(row, x),
-        // SAFETY: callers only pass an `isa` that `Isa::supported` accepted, so the CPU has
-        // the features these functions enable; the slices' lengths are checked by the caller.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { dot_avx2(row, x) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { dot_vnni(row, x) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => dot_scalar(row, x),
-    }
-}
+row_kernel_dispatch!(BlockQ8K);
 
 /// The portable reference: exact integer sums per super-block, f32 running sum.
 fn dot_scalar(row: &[u8], x: &[BlockQ8K]) -> f32 {
@@ -164,18 +147,6 @@ q4k_simd!(
     "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
     madd_acc_vnni
 );
-
-/// `out[i][r] = W[r] · x[i]` for a `[rows, cols]` Q4_K weight (`w`, GGML block bytes) and
-/// `n_x` quantized activation rows (`xs`, `n_x * cols / 256` blocks), with the best path.
-/// `out` is `[n_x, rows]`, row-major.
-pub fn matmul(w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8K], out: &mut [f32]) -> Result<()> {
-    matmul_with(Isa::detect(), w, rows, cols, xs, out)
-}
-
-/// [`matmul`] with a forced path (the work split is the shared driver's, `kernels::matmul_rows`).
-pub fn matmul_with(isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8K], out: &mut [f32]) -> Result<()> {
-    super::matmul_rows(&FORMAT, isa, w, rows, cols, xs, out)
-}
 
 /// Q4_K for the shared matmul driver.
 pub(crate) const FORMAT: super::Format<BlockQ8K> = super::Format { name: "q4_K", block_values: QK_K, block_bytes: BLOCK_BYTES, dot, dot4: None };

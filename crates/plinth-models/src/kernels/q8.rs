@@ -7,7 +7,7 @@
 //! multiplies by the same reciprocal, so all paths produce bit-identical blocks.
 
 use super::Isa;
-use plinth_core::{Error, Result};
+use plinth_core::Result;
 
 /// Values per block.
 pub const QK: usize = 32;
@@ -33,22 +33,12 @@ pub fn quantize_row(x: &[f32]) -> Result<Vec<BlockQ8>> {
 /// Quantizes `x` with a forced path; errors if `x.len()` is not a multiple of 32 or the CPU
 /// lacks `isa`.
 pub fn quantize_row_with(isa: Isa, x: &[f32]) -> Result<Vec<BlockQ8>> {
-    let mut out = vec![BlockQ8::default(); x.len() / QK];
-    quantize_into(isa, x, &mut out)?;
-    Ok(out)
+    super::quantize_row(isa, x, quantize_into)
 }
 
 /// Quantizes `x` into `out` (`x.len() / 32` blocks).
 pub fn quantize_into(isa: Isa, x: &[f32], out: &mut [BlockQ8]) -> Result<()> {
-    if !x.len().is_multiple_of(QK) || out.len() != x.len() / QK {
-        return Err(Error::Invalid {
-            what: "q8 quantization".into(),
-            why: format!("{} values into {} blocks of {QK}: length must be a multiple of {QK} and match", x.len(), out.len()),
-        });
-    }
-    if !isa.supported() {
-        return Err(Error::Invalid { what: "q8 quantization".into(), why: format!("{isa:?} is not supported by this CPU") });
-    }
+    super::check_quantize::<BlockQ8>("q8", isa, x.len(), out.len())?;
     match isa {
         Isa::Scalar => quantize_scalar(x, out),
         // SAFETY: `isa.supported()` checked above that the CPU has AVX2 (and AVX-512 VNNI for

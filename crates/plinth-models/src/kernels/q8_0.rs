@@ -7,28 +7,11 @@
 
 use super::q8::{BlockQ8, QK};
 use super::{f16_to_f32, Isa};
-use plinth_core::Result;
 
 /// Bytes per block of 32 weights.
 pub const BLOCK_BYTES: usize = 34;
 
-/// One weight row (`row.len() == 34 * x.len()`) dotted with one quantized activation row.
-/// `isa` must be supported (checked by [`super::matmul_rows`]; this is the inner loop).
-#[inline]
-fn dot(isa: Isa, row: &[u8], x: &[BlockQ8]) -> f32 {
-    debug_assert_eq!(row.len(), x.len() * BLOCK_BYTES);
-    match isa {
-        Isa::Scalar => dot_scalar(row, x),
-        // SAFETY: callers only pass an `isa` that `Isa::supported` accepted, so the CPU has
-        // the features these functions enable; the slices' lengths are checked by the caller.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { dot_avx2(row, x) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { dot_vnni(row, x) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => dot_scalar(row, x),
-    }
-}
+row_kernel_dispatch!(BlockQ8);
 
 /// The portable reference: exact integer block sums, f32 running sum.
 fn dot_scalar(row: &[u8], x: &[BlockQ8]) -> f32 {
@@ -134,18 +117,6 @@ unsafe fn dot_vnni(row: &[u8], x: &[BlockQ8]) -> f32 {
     hsum_ps(_mm256_add_ps(acc[0], acc[1]))
 }
 
-/// `out[i][r] = W[r] · x[i]` for a `[rows, cols]` Q8_0 weight (`w`, GGML block bytes) and
-/// `n_x` quantized activation rows (`xs`, `n_x * cols / 32` blocks), with the best path.
-/// `out` is `[n_x, rows]`, row-major.
-pub fn matmul(w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32]) -> Result<()> {
-    matmul_with(Isa::detect(), w, rows, cols, xs, out)
-}
-
-/// [`matmul`] with a forced path (the work split is the shared driver's, `kernels::matmul_rows`).
-pub fn matmul_with(isa: Isa, w: &[u8], rows: usize, cols: usize, xs: &[BlockQ8], out: &mut [f32]) -> Result<()> {
-    super::matmul_rows(&FORMAT, isa, w, rows, cols, xs, out)
-}
-
 /// Q8_0 for the shared matmul driver.
 pub(crate) const FORMAT: super::Format<BlockQ8> = super::Format { name: "q8_0", block_values: QK, block_bytes: BLOCK_BYTES, dot, dot4: None };
 
@@ -213,7 +184,7 @@ pub(crate) mod tests {
         }
         for isa in Isa::available() {
             let mut out = [0f32];
-            matmul_with(isa, &row, 1, 64, &xs, &mut out).unwrap();
+            crate::kernels::matmul_rows(&FORMAT, isa, &row, 1, 64, &xs, &mut out).unwrap();
             assert!((out[0] as f64 - want).abs() <= 1e-6 * mag, "{isa:?}: {} vs {want}", out[0]);
         }
     }

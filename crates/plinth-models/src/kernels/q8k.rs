@@ -7,7 +7,7 @@
 //! even), so every path produces bit-identical blocks.
 
 use super::Isa;
-use plinth_core::{Error, Result};
+use plinth_core::Result;
 
 /// Values per block.
 pub const QK_K: usize = 256;
@@ -36,22 +36,12 @@ impl super::ActBlock for BlockQ8K {
 /// Quantizes `x` (length a multiple of 256) with a forced path; errors if the length is not a
 /// multiple of 256 or the CPU lacks `isa`.
 pub fn quantize_row_with(isa: Isa, x: &[f32]) -> Result<Vec<BlockQ8K>> {
-    let mut out = vec![BlockQ8K::default(); x.len() / QK_K];
-    quantize_into(isa, x, &mut out)?;
-    Ok(out)
+    super::quantize_row(isa, x, quantize_into)
 }
 
 /// Quantizes `x` into `out` (`x.len() / 256` blocks).
 pub fn quantize_into(isa: Isa, x: &[f32], out: &mut [BlockQ8K]) -> Result<()> {
-    if !x.len().is_multiple_of(QK_K) || out.len() != x.len() / QK_K {
-        return Err(Error::Invalid {
-            what: "q8_K quantization".into(),
-            why: format!("{} values into {} blocks of {QK_K}: length must be a multiple of {QK_K} and match", x.len(), out.len()),
-        });
-    }
-    if !isa.supported() {
-        return Err(Error::Invalid { what: "q8_K quantization".into(), why: format!("{isa:?} is not supported by this CPU") });
-    }
+    super::check_quantize::<BlockQ8K>("q8_K", isa, x.len(), out.len())?;
     match isa {
         Isa::Scalar => quantize_scalar(x, out),
         // SAFETY: `isa.supported()` checked above that the CPU has AVX2 (the VNNI path implies

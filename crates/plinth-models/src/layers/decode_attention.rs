@@ -6,7 +6,7 @@
 //! several times the work of reading the cache once. Here each query head streams its kv head's
 //! keys (scores), takes the softmax, and streams the values (weighted sum), straight from the
 //! cache's strided storage; the work is split by kv head and block of positions across
-//! candle's worker pool (see [`DecodeAttention::run`]). The cache may hold
+//! candle's worker pool (see `DecodeAttention::run`). The cache may hold
 //! f32 or f16 (converted 8 values at a time as they are read).
 
 use super::fused::exp;
