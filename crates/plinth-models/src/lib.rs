@@ -14,10 +14,12 @@ pub mod layers;
 pub mod models;
 pub mod registry;
 pub mod seq2seq;
+pub mod vision;
 pub mod weights;
 
 pub use encoder::{Encoder, EncoderBatch, EncoderHead, EncoderInfo, EncoderOutput};
 pub use kv::KvCache;
+pub use vision::{ImageTextInfo, ImageTextModel, ScoreKind, VisionLanguage, VisionLanguageInfo};
 pub use seq2seq::{is_seq2seq_type, load_seq2seq, Seq2Seq, Seq2SeqCache, Seq2SeqInfo};
 pub use registry::{
     is_encoder_type, is_supported, load_decoder, load_decoder_with, load_encoder, parse_quantize, supported_architectures,
@@ -59,6 +61,11 @@ pub trait Decoder: Send + Sync {
     /// does not expose them yet.
     fn linear_layers(&self) -> Vec<(String, &layers::QLinear)> {
         Vec::new()
+    }
+
+    /// The image half of a vision-language model (`None` for text-only decoders).
+    fn vision(&self) -> Option<&dyn VisionLanguage> {
+        None
     }
 
     /// One decode step for several sequences: `ids[i]` is the next token of the sequence
