@@ -4,11 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use candle_core::Tensor;
 use plinth_core::{Error, Result};
 use plinth_models::{Decoder, KvCache};
 use plinth_tokenize::Tokenizer;
 use serde::Serialize;
 
+use crate::images::{check_prompt_images, prefill};
 use crate::sampler::SamplingParams;
 use crate::sequence::{FinishReason, GenerationOptions, Sequence};
 
@@ -62,13 +64,15 @@ pub struct Session<'m> {
     cache: KvCache,
     /// Exactly the tokens whose keys/values are in `cache`.
     cached: Vec<u32>,
+    /// Fingerprints of the image tiles whose features are in `cache`, in prompt order.
+    cached_tiles: Vec<u64>,
     /// Usable context window: the model's, or less when the user asks for less.
     context: usize,
 }
 
 impl<'m> Session<'m> {
     pub fn new(model: &'m dyn Decoder, tokenizer: &'m Tokenizer) -> Self {
-        Session { model, tokenizer, cache: model.new_cache(), cached: Vec::new(), context: model.info().context_length }
+        Session { model, tokenizer, cache: model.new_cache(), cached: Vec::new(), cached_tiles: Vec::new(), context: model.info().context_length }
     }
 
     /// Limits the context window below the model's (bounding KV-cache memory).
@@ -87,6 +91,7 @@ impl<'m> Session<'m> {
     pub fn reset(&mut self) {
         self.cache.reset();
         self.cached.clear();
+        self.cached_tiles.clear();
     }
 
     /// Runs `ids` through the model, returning last-position logits.
@@ -104,6 +109,18 @@ impl<'m> Session<'m> {
     /// soon as it is safe to show (whole UTF-8 characters, never part of a stop string).
     /// `on_text` returns `false` to cancel.
     pub fn generate(&mut self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str) -> bool) -> Result<GenerateOutput> {
+        self.generate_with_images(req, None, on_text)
+    }
+
+    /// [`Session::generate`] for a prompt that carries images: `pixels` holds the tiles
+    /// (`[tiles, 3, S, S]`) of the prompt's image tokens, in order (vision-language models only).
+    pub fn generate_with_images(
+        &mut self,
+        req: &GenerateRequest,
+        pixels: Option<&Tensor>,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerateOutput> {
+        let tiles = check_prompt_images(self.model, &req.prompt_ids, pixels)?;
         let context = self.context_length();
         let n_prompt = req.prompt_ids.len();
         if n_prompt == 0 {
@@ -120,13 +137,22 @@ impl<'m> Session<'m> {
 
         // Reuse the cache when the new prompt extends what it holds; at least the last prompt
         // token is always run so that its logits exist.
-        let reuse = self.cached.len() < n_prompt && req.prompt_ids.starts_with(&self.cached);
+        // A cached prefix is only valid if it saw the same images.
+        let reuse = self.cached.len() < n_prompt && req.prompt_ids.starts_with(&self.cached) && tiles.starts_with(&self.cached_tiles);
         if !reuse {
             self.reset();
         }
         let start = Instant::now();
         let todo = req.prompt_ids[self.cached.len()..].to_vec();
-        let mut logits = self.feed(&todo)?;
+        let done_tiles = self.cached_tiles.len();
+        let rest = match pixels {
+            Some(p) if done_tiles < tiles.len() => Some(p.narrow(0, done_tiles, tiles.len() - done_tiles)?),
+            _ => None,
+        };
+        let out = prefill(self.model, &todo, rest.as_ref(), &mut self.cache, PREFILL_CHUNK)?;
+        self.cached.extend_from_slice(&todo);
+        self.cached_tiles = tiles;
+        let mut logits = out.squeeze(0)?.to_vec1::<f32>()?;
         let prefill_time = start.elapsed();
 
         let mut text = String::new();

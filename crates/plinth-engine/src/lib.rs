@@ -6,6 +6,7 @@
 //! decoder cache the engine owns.
 
 pub mod generate;
+pub mod images;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
@@ -13,6 +14,7 @@ pub mod seq2seq;
 pub mod stop;
 
 pub use generate::{GenerateOutput, GenerateRequest, Session};
+pub use images::check_prompt_images;
 pub use scheduler::{Engine, EngineConfig, EngineStats, Event, Request};
 pub use seq2seq::{generate as generate_seq2seq, EarlyStopping, Hypothesis, Seq2SeqGeneration, Seq2SeqOverrides};
 pub use sequence::{FinishReason, GenerationOptions, StepOutput, TokenLogprob};

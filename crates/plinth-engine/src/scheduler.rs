@@ -11,10 +11,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use plinth_core::{Error, Result};
+use candle_core::Tensor;
 use plinth_models::{Decoder, KvCache};
 use plinth_tokenize::Tokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use crate::images::check_prompt_images;
 use crate::sequence::{FinishReason, GenerationOptions, Sequence, TokenLogprob};
 
 /// Limits of one engine.
@@ -65,7 +67,7 @@ pub struct EngineStats {
 }
 
 enum Msg {
-    Submit(Request, UnboundedSender<Event>),
+    Submit(Request, Option<Tensor>, UnboundedSender<Event>),
     Shutdown,
 }
 
@@ -76,6 +78,8 @@ pub struct Engine {
     context: usize,
     cfg: EngineConfig,
     stopped: Arc<AtomicBool>,
+    /// Shared with the scheduler thread; read here only to validate image prompts.
+    model: Arc<dyn Decoder>,
 }
 
 impl Engine {
@@ -92,15 +96,15 @@ impl Engine {
         let stats = Arc::new(EngineStats::default());
         let stopped = Arc::new(AtomicBool::new(false));
         let context = model.info().context_length;
-        let (s, st) = (stats.clone(), stopped.clone());
+        let (s, st, m) = (stats.clone(), stopped.clone(), model.clone());
         std::thread::Builder::new()
             .name("plinth-scheduler".into())
             .spawn(move || {
-                run(model.as_ref(), &tokenizer, cfg, rx, &s);
+                run(m.as_ref(), &tokenizer, cfg, rx, &s);
                 st.store(true, Ordering::SeqCst);
             })
             .expect("spawning the scheduler thread");
-        Engine { tx, stats, context, cfg, stopped }
+        Engine { tx, stats, context, cfg, stopped, model }
     }
 
     pub fn context_length(&self) -> usize {
@@ -114,6 +118,13 @@ impl Engine {
     /// Validates and queues a request; events arrive on the returned receiver. Dropping the
     /// receiver cancels the request.
     pub fn submit(&self, req: Request) -> Result<UnboundedReceiver<Event>> {
+        self.submit_with_images(req, None)
+    }
+
+    /// [`Engine::submit`] for a prompt that carries images: `pixels` holds the tiles
+    /// (`[tiles, 3, S, S]`) of the prompt's image tokens, in order (vision-language models only).
+    pub fn submit_with_images(&self, req: Request, pixels: Option<Tensor>) -> Result<UnboundedReceiver<Event>> {
+        check_prompt_images(self.model.as_ref(), &req.prompt_ids, pixels.as_ref())?;
         let n = req.prompt_ids.len();
         if n == 0 {
             return Err(Error::invalid("prompt", "is empty (no tokens)"));
@@ -135,7 +146,7 @@ impl Engine {
         let (etx, erx) = unbounded_channel();
         self.stats.queued.fetch_add(1, Ordering::SeqCst);
         self.tx
-            .send(Msg::Submit(req, etx))
+            .send(Msg::Submit(req, pixels, etx))
             .map_err(|_| Error::EngineStopped("the scheduler thread has exited".into()))?;
         Ok(erx)
     }
@@ -155,6 +166,10 @@ impl Drop for Engine {
 /// A request inside the scheduler.
 struct Running<'t> {
     prompt: Vec<u32>,
+    /// The tiles of the prompt's image tokens; replaced by the prompt's input embeddings at
+    /// the first prefill chunk.
+    pixels: Option<Tensor>,
+    embeds: Option<Tensor>,
     /// Prompt tokens already in the cache.
     fed: usize,
     /// The last sampled token, to be fed by the next decode step.
@@ -176,7 +191,7 @@ impl Running<'_> {
 
 fn run(model: &dyn Decoder, tok: &Tokenizer, cfg: EngineConfig, rx: mpsc::Receiver<Msg>, stats: &EngineStats) {
     let context = model.info().context_length;
-    let mut waiting: std::collections::VecDeque<(Request, UnboundedSender<Event>)> = Default::default();
+    let mut waiting: std::collections::VecDeque<(Request, Option<Tensor>, UnboundedSender<Event>)> = Default::default();
     let mut running: Vec<Running<'_>> = Vec::new();
     loop {
         // Block only when idle; otherwise take whatever arrived since the last step.
@@ -197,12 +212,12 @@ fn run(model: &dyn Decoder, tok: &Tokenizer, cfg: EngineConfig, rx: mpsc::Receiv
         }
         for m in incoming {
             match m {
-                Msg::Submit(r, tx) => waiting.push_back((r, tx)),
+                Msg::Submit(r, p, tx) => waiting.push_back((r, p, tx)),
                 Msg::Shutdown => {
                     for r in &running {
                         r.done(FinishReason::Cancelled);
                     }
-                    for (_, tx) in &waiting {
+                    for (_, _, tx) in &waiting {
                         let _ = tx.send(Event::Error("the server is shutting down".into()));
                     }
                     stats.queued.store(0, Ordering::SeqCst);
@@ -213,7 +228,7 @@ fn run(model: &dyn Decoder, tok: &Tokenizer, cfg: EngineConfig, rx: mpsc::Receiv
             }
         }
         while running.len() < cfg.max_running {
-            let Some((req, tx)) = waiting.pop_front() else { break };
+            let Some((req, pixels, tx)) = waiting.pop_front() else { break };
             stats.queued.fetch_sub(1, Ordering::SeqCst);
             if tx.is_closed() {
                 continue;
@@ -224,7 +239,7 @@ fn run(model: &dyn Decoder, tok: &Tokenizer, cfg: EngineConfig, rx: mpsc::Receiv
                 Ok(seq) => {
                     let mut cache = model.new_cache();
                     cache.adapter = adapter;
-                    running.push(Running { prompt: req.prompt_ids, fed: 0, pending: None, seq, cache, events: tx })
+                    running.push(Running { prompt: req.prompt_ids, pixels, embeds: None, fed: 0, pending: None, seq, cache, events: tx })
                 }
                 Err(e) => {
                     let _ = tx.send(Event::Error(e.to_string()));
@@ -278,10 +293,17 @@ fn step(model: &dyn Decoder, cfg: EngineConfig, running: &mut Vec<Running<'_>>, 
     if let Some(i) = running.iter().position(|r| r.fed < r.prompt.len()) {
         let r = &mut running[i];
         let end = (r.fed + cfg.prefill_chunk).min(r.prompt.len());
-        let logits = model.forward(&r.prompt[r.fed..end], &mut r.cache, false)?;
+        if let (Some(p), Some(vision)) = (r.pixels.take(), model.vision()) {
+            r.embeds = Some(vision.prompt_embeddings(&r.prompt, &p)?);
+        }
+        let logits = match (&r.embeds, model.vision()) {
+            (Some(e), Some(vision)) => vision.forward_embeds(&e.narrow(0, r.fed, end - r.fed)?, &mut r.cache, false)?,
+            _ => model.forward(&r.prompt[r.fed..end], &mut r.cache, false)?,
+        };
         stats.prompt_tokens.fetch_add((end - r.fed) as u64, Ordering::Relaxed);
         r.fed = end;
         if r.fed == r.prompt.len() {
+            r.embeds = None;
             let mut row = logits.squeeze(0)?.to_vec1::<f32>()?;
             finished[i] = sample(r, &mut row, stats)?;
         }

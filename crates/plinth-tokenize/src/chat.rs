@@ -15,15 +15,46 @@ const TEMPLATE_NAME: &str = "chat";
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Message {
     pub role: String,
+    /// The turn's text (with images, the text parts joined).
     pub content: String,
+    /// Set when the turn carries images: its parts in order. Templates then see `content` as
+    /// the list of typed parts vision-language templates iterate (`{"type": "image"}`,
+    /// `{"type": "text", "text": ...}`), as transformers passes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+}
+
+/// A piece of a multimodal turn.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Part {
+    Text { text: String },
+    /// A placeholder: the pixels travel beside the prompt, and the template writes the
+    /// model's image token where the image goes.
+    Image,
 }
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
+        Message { role: role.into(), content: content.into(), parts: Vec::new() }
+    }
+
+    /// A turn of text and images in the given order.
+    pub fn with_parts(role: impl Into<String>, parts: Vec<Part>) -> Self {
+        let content = parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Text { text } => Some(text.as_str()),
+                Part::Image => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        Message { role: role.into(), content, parts }
+    }
+
+    /// Image parts in this turn.
+    pub fn images(&self) -> usize {
+        self.parts.iter().filter(|p| matches!(p, Part::Image)).count()
     }
 }
 
@@ -110,7 +141,20 @@ impl ChatTemplate {
 fn messages_value(messages: &[Message]) -> Value {
     let list: Vec<Value> = messages
         .iter()
-        .map(|m| Value::from_pairs([("role", m.role.as_str()), ("content", m.content.as_str())]))
+        .map(|m| {
+            if m.parts.is_empty() {
+                return Value::from_pairs([("role", Value::from(m.role.as_str())), ("content", Value::from(m.content.as_str()))]);
+            }
+            let parts: Vec<Value> = m
+                .parts
+                .iter()
+                .map(|p| match p {
+                    Part::Text { text } => Value::from_pairs([("type", "text"), ("text", text.as_str())]),
+                    Part::Image => Value::from_pairs([("type", "image")]),
+                })
+                .collect();
+            Value::from_pairs([("role", Value::from(m.role.as_str())), ("content", Value::from(parts))])
+        })
         .collect();
     Value::from(list)
 }
@@ -284,6 +328,24 @@ mod tests {
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
         t.render(&[Message::new("user", "Hi \"there\" é\n")], true)
             .unwrap()
+    }
+
+    /// SmolVLM's template iterates typed content parts; transformers renders this conversation
+    /// to exactly the expected string (checked with `apply_chat_template`).
+    #[test]
+    fn image_parts_render_as_typed_content() {
+        let src = "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
+        let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
+        let msgs = [
+            Message::with_parts("user", vec![Part::Image, Part::Text { text: "What is this?".into() }]),
+            Message::with_parts("assistant", vec![Part::Text { text: "A cat.".into() }]),
+        ];
+        assert_eq!(msgs[0].images(), 1);
+        assert_eq!(msgs[0].content, "What is this?");
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            "<|im_start|>User:<image>What is this?<end_of_utterance>\nAssistant: A cat.<end_of_utterance>\nAssistant:"
+        );
     }
 
     #[test]

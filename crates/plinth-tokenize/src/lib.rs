@@ -14,7 +14,7 @@ mod pretok;
 mod strftime;
 mod tokenizer;
 
-pub use chat::{ChatTemplate, Message};
+pub use chat::{ChatTemplate, Message, Part};
 pub use detok::Detokenizer;
 pub use tokenizer::Tokenizer;
 

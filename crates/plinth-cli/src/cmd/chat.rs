@@ -88,7 +88,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             context
         );
     }
-    let system: Vec<Message> = a.system.map(|s| Message { role: "system".into(), content: s }).into_iter().collect();
+    let system: Vec<Message> = a.system.map(|s| Message::new("system", s)).into_iter().collect();
     let mut turns: Vec<Message> = Vec::new();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -108,7 +108,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             }
             Input::Text(t) => t,
         };
-        turns.push(Message { role: "user".into(), content: text });
+        turns.push(Message::new("user", text));
         let ids = loop {
             let all: Vec<Message> = system.iter().chain(turns.iter()).cloned().collect();
             let ids = m.tokenizer.encode(&template.render(&all, true)?, false)?;
@@ -142,7 +142,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
         let mut out = stdout.lock();
         let res = session.generate(&req, &mut |piece| out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok())?;
         writeln!(out)?;
-        turns.push(Message { role: "assistant".into(), content: res.text });
+        turns.push(Message::new("assistant", res.text));
     }
     Ok(())
 }

@@ -30,9 +30,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         let template = m.tokenizer.chat()?;
         let mut messages = Vec::new();
         if let Some(s) = a.system {
-            messages.push(Message { role: "system".into(), content: s });
+            messages.push(Message::new("system", s));
         }
-        messages.push(Message { role: "user".into(), content: prompt });
+        messages.push(Message::new("user", prompt));
         // The rendered template already contains any BOS text it wants.
         m.tokenizer.encode(&template.render(&messages, true)?, false)?
     } else {
