@@ -12,7 +12,7 @@
 //! text. Choice `i` of a request with `n` > 1 uses seed + i.
 
 use plinth_engine::{GenerationOptions, SamplingParams};
-use plinth_tokenize::Message;
+use plinth_tokenize::{Message, Part};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -52,6 +52,17 @@ pub struct GenRequest {
     pub frequency_penalty: f32,
     pub stream: bool,
     pub include_usage: bool,
+    /// The `image_url` parts of the messages, in prompt order (resolved and decoded later,
+    /// by [`crate::images`], under the server's image policy).
+    pub images: Vec<ImageRef>,
+}
+
+/// An image a chat message refers to: the URL as sent (`data:`, `file://` or a path,
+/// `http(s)://`) and the parameter it came from, for error messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRef {
+    pub param: String,
+    pub url: String,
 }
 
 type Res<T> = Result<T, ApiError>;
@@ -127,8 +138,9 @@ impl GenRequest {
         };
         let f = Fields(map);
         let model = f.string("model")?.ok_or_else(|| ApiError::invalid("model", "you must provide a model parameter"))?.to_string();
+        let mut images = Vec::new();
         let prompt = match ep {
-            Endpoint::Chat => Prompt::Chat(messages(f.get("messages"))?),
+            Endpoint::Chat => Prompt::Chat(messages(f.get("messages"), &mut images)?),
             Endpoint::Completion => prompt(f.get("prompt"))?,
         };
         unsupported(&f, ep)?;
@@ -192,6 +204,7 @@ impl GenRequest {
             frequency_penalty,
             stream,
             include_usage: stream && include_usage,
+            images,
         })
     }
 
@@ -247,7 +260,7 @@ fn unsupported(f: &Fields<'_>, ep: Endpoint) -> Res<()> {
     Ok(())
 }
 
-fn messages(v: Option<&Value>) -> Res<Vec<Message>> {
+fn messages(v: Option<&Value>, images: &mut Vec<ImageRef>) -> Res<Vec<Message>> {
     let v = v.ok_or_else(|| ApiError::invalid("messages", "you must provide 'messages'"))?;
     let list = v.as_array().ok_or_else(|| ApiError::invalid("messages", format!("'messages' must be an array, got {}", kind(v))))?;
     if list.is_empty() {
@@ -268,34 +281,55 @@ fn messages(v: Option<&Value>) -> Res<Vec<Message>> {
                 }
                 None => return Err(ApiError::invalid(&role_param, format!("'{role_param}' must be a string"))),
             };
-            let content = content(obj.get("content").unwrap_or(&Value::Null), &format!("{at}.content"), role)?;
-            Ok(Message::new(role, content))
+            content(obj.get("content").unwrap_or(&Value::Null), &format!("{at}.content"), role, images)
         })
         .collect()
 }
 
-fn content(v: &Value, param: &str, role: &str) -> Res<String> {
+fn content(v: &Value, param: &str, role: &str, images: &mut Vec<ImageRef>) -> Res<Message> {
     match v {
-        Value::String(s) => Ok(s.clone()),
+        Value::String(s) => Ok(Message::new(role, s.clone())),
         // An assistant turn that only called tools has no content.
-        Value::Null if role == "assistant" => Ok(String::new()),
-        Value::Array(parts) => {
-            let texts = parts
-                .iter()
-                .enumerate()
-                .map(|(j, p)| {
-                    let at = format!("{param}[{j}]");
-                    match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                        (Some("text"), Some(t)) => Ok(t),
-                        (Some("text"), None) => Err(ApiError::invalid(&at, format!("'{at}.text' must be a string"))),
-                        (Some(t), _) => Err(ApiError::invalid(&at, format!("content part type '{t}' is not supported (only 'text')"))),
-                        (None, _) => Err(ApiError::invalid(&at, format!("'{at}' must be an object with a 'type'"))),
+        Value::Null if role == "assistant" => Ok(Message::new(role, "")),
+        Value::Array(list) => {
+            let mut parts = Vec::with_capacity(list.len());
+            for (j, p) in list.iter().enumerate() {
+                let at = format!("{param}[{j}]");
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        let t = p.get("text").and_then(Value::as_str);
+                        let t = t.ok_or_else(|| ApiError::invalid(&at, format!("'{at}.text' must be a string")))?;
+                        parts.push(Part::Text { text: t.to_string() });
                     }
-                })
-                .collect::<Res<Vec<&str>>>()?;
-            Ok(texts.join("\n"))
+                    Some("image_url") => {
+                        let at = format!("{at}.image_url");
+                        // OpenAI sends `{"url": ..., "detail": ...}`; a bare string is accepted too.
+                        let url = match p.get("image_url") {
+                            Some(Value::String(u)) => Some(u.as_str()),
+                            Some(Value::Object(o)) => o.get("url").and_then(Value::as_str),
+                            _ => None,
+                        };
+                        let url = url.ok_or_else(|| ApiError::invalid(&at, format!("'{at}.url' must be a string")))?;
+                        if role != "user" {
+                            return Err(ApiError::invalid(&at, format!("images are only accepted in user messages, not '{role}'")));
+                        }
+                        images.push(ImageRef { param: at, url: url.to_string() });
+                        parts.push(Part::Image);
+                    }
+                    Some(t) => {
+                        return Err(ApiError::invalid(&at, format!("content part type '{t}' is not supported (use 'text' or 'image_url')")))
+                    }
+                    None => return Err(ApiError::invalid(&at, format!("'{at}' must be an object with a 'type'"))),
+                }
+            }
+            if parts.iter().any(|p| matches!(p, Part::Image)) {
+                Ok(Message::with_parts(role, parts))
+            } else {
+                // Text-only parts read as one string, so text templates see what they expect.
+                Ok(Message::new(role, Message::with_parts(role, parts).content))
+            }
         }
-        _ => Err(ApiError::invalid(param, format!("'{param}' must be a string or an array of text parts, got {}", kind(v)))),
+        _ => Err(ApiError::invalid(param, format!("'{param}' must be a string or an array of content parts, got {}", kind(v)))),
     }
 }
 
@@ -408,6 +442,27 @@ mod tests {
         .unwrap();
         let want = vec![Message::new("system", "be brief"), Message::new("user", "a\nb"), Message::new("assistant", "")];
         assert_eq!(r.prompt, Prompt::Chat(want));
+        assert!(r.images.is_empty());
+    }
+
+    #[test]
+    fn image_parts_keep_their_order_and_urls() {
+        let r = chat(
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"compare"},
+                {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA","detail":"low"}},
+                {"type":"image_url","image_url":"https://example.invalid/b.jpg"}]}]}"#,
+        )
+        .unwrap();
+        let parts = vec![Part::Text { text: "compare".into() }, Part::Image, Part::Image];
+        assert_eq!(r.prompt, Prompt::Chat(vec![Message::with_parts("user", parts)]));
+        let urls: Vec<_> = r.images.iter().map(|i| (i.param.as_str(), i.url.as_str())).collect();
+        assert_eq!(
+            urls,
+            [
+                ("messages[0].content[1].image_url", "data:image/png;base64,AAAA"),
+                ("messages[0].content[2].image_url", "https://example.invalid/b.jpg")
+            ]
+        );
     }
 
     #[test]
@@ -419,7 +474,9 @@ mod tests {
             (r#"{"messages":[{"role":"user","content":"x"}]}"#, "model"),
             (r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#, "messages[0].role"),
             (r#"{"model":"m","messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
-            (r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, "messages[0].content[0]"),
+            (r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, "messages[0].content[0].image_url"),
+            (r#"{"model":"m","messages":[{"role":"user","content":[{"type":"audio"}]}]}"#, "messages[0].content[0]"),
+            (r#"{"model":"m","messages":[{"role":"assistant","content":[{"type":"image_url","image_url":"data:,"}]}]}"#, "messages[0].content[0].image_url"),
         ];
         for (body, want) in cases {
             assert_eq!(param(chat(body)).as_deref(), Some(want), "{body}");
