@@ -90,8 +90,10 @@ fn mpx(pixels: u64) -> String {
     let m = pixels as f64 / 1e6;
     if m >= 10.0 || m.fract() == 0.0 {
         format!("{m:.0}")
-    } else {
+    } else if m >= 0.1 {
         format!("{m:.1}")
+    } else {
+        format!("{m:.3}")
     }
 }
 
