@@ -10,6 +10,9 @@
 //! 0.16 in normalised pixel values on small, noisy images (0.015 for CLIP at 224), because
 //! torch's antialiased float resize rounds and filters differently from Pillow's fixed-point
 //! one; plinth follows the PIL backend, which is deterministic and what transformers 4.x used.
+//! Pillow 13 changed the order of the two resampling passes (vertical first when the height
+//! shrinks much more than the width), which moves results by up to 17 levels against older
+//! Pillow for such sizes; plinth follows Pillow 13, the version the fixtures record.
 //! JPEG decoding is `image`'s, not libjpeg-turbo's, so JPEG pixels can differ from Pillow's
 //! by a few levels (see the `jpeg_decode_is_close_to_pillow` test).
 

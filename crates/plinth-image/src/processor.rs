@@ -6,10 +6,11 @@
 //!
 //! transformers 5 defaults to torchvision-based processors; those resize with torch's
 //! antialiased float kernels and differ from the PIL backend by up to 0.16 in normalised
-//! pixel values (`scripts/make_image_fixtures.py` measures it: 0.16 for CLIP at 40/32, 0.015
-//! at 224, 0.07 for SigLIP at 48, 0.024 for Idefics3 at 96/32), because the two round and
-//! filter differently; we follow the PIL backend because its integer arithmetic is
-//! deterministic and it is what transformers 4.x used.
+//! pixel values (`scripts/make_image_fixtures.py` measures it into `manifest.json`: 0.16 for
+//! CLIP at 40/32, 0.015 at 224, 0.071 for SigLIP at 48, 0.024 for Idefics3 at 96/32), because
+//! torch resizes in float with its own antialias kernel where Pillow uses 22-bit fixed point
+//! with u8 rounding between passes; we follow the PIL backend because its integer arithmetic
+//! is deterministic and it is what transformers 4.x used.
 
 use std::path::{Path, PathBuf};
 
@@ -422,8 +423,9 @@ fn center_crop(img: &RgbImage, ch: usize, cw: usize) -> Result<RgbImage> {
     Ok(out)
 }
 
-const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+// transformers' Python floats, rounded to f32 as numpy does.
+const OPENAI_CLIP_MEAN: [f32; 3] = [0.48145466f64 as f32, 0.4578275f64 as f32, 0.40821073f64 as f32];
+const OPENAI_CLIP_STD: [f32; 3] = [0.26862954f64 as f32, 0.26130258f64 as f32, 0.27577711f64 as f32];
 const HALF: [f32; 3] = [0.5, 0.5, 0.5];
 
 fn parse_size(v: &Value, default_to_square: bool, path: &Path, what: &str) -> Result<Size> {
