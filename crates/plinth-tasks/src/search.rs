@@ -50,9 +50,14 @@ fn hex(d: impl AsRef<[u8]>) -> String {
 /// A cheap identity for a model directory: its config, tokenizer, pooling files and the
 /// sizes plus first and last 64 KiB of every weight file.
 pub fn model_key(model: &EncoderModel) -> Result<String> {
+    dir_key(&model.dir, &format!("{:?}|{}|{}", model.pooling, model.normalize, model.tokenizer.max_len()))
+}
+
+/// A cheap identity for a model directory (see [`model_key`]), plus `extra` settings.
+pub fn dir_key(dir: &Path, extra: &str) -> Result<String> {
     let mut h = Sha256::new();
     let mut files: Vec<PathBuf> = Vec::new();
-    for root in [model.dir.clone()] {
+    for root in [dir.to_path_buf()] {
         let mut stack = vec![root];
         while let Some(d) = stack.pop() {
             for e in std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))? {
@@ -71,7 +76,7 @@ pub fn model_key(model: &EncoderModel) -> Result<String> {
         if name.starts_with('.') {
             continue;
         }
-        h.update(p.strip_prefix(&model.dir).unwrap_or(&p).to_string_lossy().as_bytes());
+        h.update(p.strip_prefix(dir).unwrap_or(&p).to_string_lossy().as_bytes());
         if name.ends_with(".safetensors") {
             use std::io::{Read, Seek, SeekFrom};
             let mut f = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
@@ -87,7 +92,7 @@ pub fn model_key(model: &EncoderModel) -> Result<String> {
             h.update(std::fs::read(&p).map_err(|e| Error::io(&p, e))?);
         }
     }
-    h.update(format!("{:?}|{}|{}", model.pooling, model.normalize, model.tokenizer.max_len()).as_bytes());
+    h.update(extra.as_bytes());
     Ok(hex(h.finalize()))
 }
 
@@ -169,15 +174,22 @@ pub(crate) fn read_cache(path: &Path, magic: &[u8], key: &str, floats: usize) ->
 
 /// Writes an embedding cache file atomically (temporary file, fsync, rename).
 pub(crate) fn write_cache(path: &Path, magic: &[u8], key: &str, vectors: &[f32]) -> Result<()> {
+    let mut bytes = Vec::with_capacity(magic.len() + key.len() + 1 + vectors.len() * 4);
+    bytes.extend_from_slice(magic);
+    bytes.extend_from_slice(key.as_bytes());
+    bytes.push(b'\n');
+    vectors.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsync and rename, so an interrupted
+/// run never leaves a partial file under the final name.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("part-{}", std::process::id()));
     let res = (|| {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?);
-        f.write_all(magic).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(key.as_bytes()).and_then(|_| f.write_all(b"\n")).map_err(|e| Error::io(&tmp, e))?;
-        for v in vectors {
-            f.write_all(&v.to_le_bytes()).map_err(|e| Error::io(&tmp, e))?;
-        }
-        f.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     })();
     if res.is_err() {

@@ -70,7 +70,7 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer> {
             .map(str::to_owned),
         _ => match std::fs::read_to_string(dir.join("chat_template.jinja")) {
             Ok(s) => Some(s),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => processor_chat_template(dir)?,
             Err(e) => return Err(Error::io(dir.join("chat_template.jinja"), e)),
         },
     };
@@ -105,5 +105,21 @@ fn token_field(v: &Json) -> Option<String> {
         Json::String(s) => Some(s.clone()),
         Json::Object(o) => o.get("content").and_then(Json::as_str).map(str::to_owned),
         _ => None,
+    }
+}
+
+/// The template multimodal repos (SmolVLM, LLaVA) keep in `chat_template.json` beside the
+/// processor config: `{"chat_template": "..."}`.
+fn processor_chat_template(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join("chat_template.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let json: Json = serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    match &json["chat_template"] {
+        Json::String(s) => Ok(Some(s.clone())),
+        _ => Err(Error::format(&path, "has no string field 'chat_template'")),
     }
 }
