@@ -173,3 +173,41 @@ fn idefics3_refuses_bad_input() {
     let long = Tensor::zeros((m.info().context_length + 1, m.info().hidden_size), DType::F32, &Device::Cpu).unwrap();
     assert!(v.forward_embeds(&long, &mut cache, false).is_err());
 }
+
+/// A private copy of a fixture directory with its `config.json` edited by `f`.
+fn broken_copy(name: &str, tag: &str, f: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dst = std::env::temp_dir().join(format!("plinth-vision-bad-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+    }
+    let p = dst.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    dst
+}
+
+#[test]
+fn broken_configs_are_named_errors() {
+    let d = broken_copy("tiny-clip", "patch", |v| v["vision_config"]["patch_size"] = 5.into());
+    let e = load_image_text(&d).err().expect("patch 5 does not divide 32").to_string();
+    assert!(e.contains("vision_config") && e.contains("patch size 5"), "{e}");
+    let d = broken_copy("tiny-siglip", "heads", |v| v["text_config"]["num_attention_heads"] = 5.into());
+    let e = load_image_text(&d).err().expect("5 heads do not divide 48").to_string();
+    assert!(e.contains("text_config") && e.contains("5 heads"), "{e}");
+    let d = broken_copy("tiny-siglip", "mlp", |v| v["vision_config"]["intermediate_size"] = 64.into());
+    let e = load_image_text(&d).err().expect("fc1 is 96 wide").to_string();
+    assert!(e.contains("vision_model.encoder.layers.0.mlp.fc1.") && e.contains("expected shape [64]"), "{e}");
+    let d = broken_copy("tiny-idefics3", "scale", |v| v["scale_factor"] = 3.into());
+    let e = load_decoder(&ModelLocation::Dir(d)).err().expect("scale 3 does not divide 8 patches").to_string();
+    assert!(e.contains("scale_factor 3"), "{e}");
+    let d = broken_copy("tiny-idefics3", "token", |v| v["image_token_id"] = 500.into());
+    let e = load_decoder(&ModelLocation::Dir(d)).err().expect("image token beyond the vocabulary").to_string();
+    assert!(e.contains("image_token_id 500"), "{e}");
+    let d = broken_copy("tiny-idefics3", "text", |v| v.as_object_mut().unwrap().remove("text_config").map(|_| ()).unwrap());
+    let e = load_decoder(&ModelLocation::Dir(d)).err().expect("no text_config").to_string();
+    assert!(e.contains("text_config"), "{e}");
+}

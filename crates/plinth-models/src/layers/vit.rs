@@ -239,9 +239,10 @@ impl Encoder {
     }
 }
 
-/// A learned position table `{name}` `[positions, hidden]`, added to the first `seq` rows.
-pub fn position_table(w: &Weights, name: &str, positions: usize, hidden: usize) -> Result<Tensor> {
-    w.tensor(name, &[positions, hidden])
+/// A stored scalar (`logit_scale`, `logit_bias`), saved as `[]` or `[1]`.
+pub fn scalar(w: &Weights, name: &str) -> Result<f32> {
+    let t = w.tensor(name, &[]).or_else(|_| w.tensor(name, &[1]))?;
+    Ok(t.flatten_all()?.to_vec1::<f32>()?[0])
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use plinth_core::{Error, Result};
 
-use crate::layers::vit::{layer_norm, Encoder, PatchEmbedding, TowerConfig, TowerDefaults};
+use crate::layers::vit::{layer_norm, scalar, Encoder, PatchEmbedding, TowerConfig, TowerDefaults};
 use crate::layers::{causal_mask, LayerNorm, Linear, QLinear};
 use crate::vision::{ImageTextInfo, ImageTextModel, ScoreKind};
 use crate::weights::Weights;
@@ -143,7 +143,7 @@ impl Clip {
         let text_encoder = Encoder::load(w, "text_model.encoder", &t)?;
         let final_layer_norm = layer_norm(w, "text_model.final_layer_norm", th, t.layer_norm_eps)?;
         let text_projection = w.linear("text_projection", proj, th)?;
-        let logit_scale = w.tensor("logit_scale", &[])?.to_scalar::<f32>()?;
+        let logit_scale = scalar(w, "logit_scale")?;
         let parameters = patch_embedding.params()
             + class_embedding.elem_count()
             + vision_positions.elem_count()

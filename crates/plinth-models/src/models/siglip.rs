@@ -14,7 +14,7 @@ use candle_core::Tensor;
 use plinth_core::{Error, Result};
 
 use crate::layers::attention::general_attention;
-use crate::layers::vit::{layer_norm, Encoder, PatchEmbedding, TowerConfig, TowerDefaults};
+use crate::layers::vit::{layer_norm, scalar, Encoder, PatchEmbedding, TowerConfig, TowerDefaults};
 use crate::layers::{Activation, AttentionOptions, LayerNorm, Linear, QLinear};
 use crate::models::clip::TextEmbeddings;
 use crate::vision::{ImageTextInfo, ImageTextModel, ScoreKind};
@@ -170,8 +170,7 @@ impl Siglip {
         let text_encoder = Encoder::load(w, "text_model.encoder", &t)?;
         let final_layer_norm = layer_norm(w, "text_model.final_layer_norm", t.hidden_size, t.layer_norm_eps)?;
         let text_head = w.linear("text_model.head", projection, t.hidden_size)?;
-        let scalar = |n: &str| -> Result<f32> { Ok(w.tensor(n, &[1])?.flatten_all()?.to_vec1::<f32>()?[0]) };
-        let (logit_scale, logit_bias) = (scalar("logit_scale")?, scalar("logit_bias")?);
+        let (logit_scale, logit_bias) = (scalar(w, "logit_scale")?, scalar(w, "logit_bias")?);
         let parameters = vision.params()
             + head.params()
             + text_embeddings.params()
