@@ -22,8 +22,8 @@ pub use kv::KvCache;
 pub use vision::{ImageTextInfo, ImageTextModel, ScoreKind, VisionLanguage, VisionLanguageInfo};
 pub use seq2seq::{is_seq2seq_type, load_seq2seq, Seq2Seq, Seq2SeqCache, Seq2SeqInfo};
 pub use registry::{
-    is_encoder_type, is_supported, load_decoder, load_decoder_with, load_encoder, parse_quantize, supported_architectures,
-    supported_encoders, LoadOptions, LoadedDecoder,
+    is_encoder_type, is_image_text_type, is_supported, load_decoder, load_decoder_with, load_encoder, load_image_text,
+    parse_quantize, supported_architectures, supported_encoders, supported_image_text, LoadOptions, LoadedDecoder,
 };
 
 use candle_core::Tensor;

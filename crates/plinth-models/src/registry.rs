@@ -1,6 +1,7 @@
 //! Architecture name -> constructor, keyed by `config.json` `model_type` and GGUF
 //! `general.architecture`. Adding an architecture is one file in `models/`, one entry in
-//! [`ARCHITECTURES`] (decoders) or [`ENCODERS`] (encoders), and one parity test.
+//! [`ARCHITECTURES`] (decoders), [`ENCODERS`] (encoders) or [`IMAGE_TEXT`] (dual encoders), and
+//! one parity test.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use plinth_io::{fetch::ModelLocation, gguf::GgufFile, safetensors::{self, Safete
 
 use crate::models;
 use crate::weights::Weights;
-use crate::{Decoder, Encoder};
+use crate::{Decoder, Encoder, ImageTextModel};
 
 /// Builds a model from a parsed `config.json` (its path, for error messages) and weights.
 pub type HfLoader = fn(&serde_json::Value, &Path, &Weights, &str) -> Result<Box<dyn Decoder>>;
@@ -36,6 +37,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture { names: &["phi3"], hf: models::phi3::load_hf, gguf: Some(models::phi3::load_gguf) },
     Architecture { names: &["gemma2"], hf: models::gemma2::load_hf, gguf: None },
     Architecture { names: &["gemma3_text"], hf: models::gemma3::load_hf, gguf: None },
+    // SmolVLM has Idefics3's tensor layout and forward pass (transformers' modular_smolvlm).
+    Architecture { names: &["idefics3", "smolvlm"], hf: models::idefics3::load_hf, gguf: None },
     // New architectures: one line above this comment.
 ];
 
@@ -56,6 +59,22 @@ pub const ENCODERS: &[EncoderArchitecture] = &[
     EncoderArchitecture { names: &["distilbert"], hf: models::distilbert::load_hf },
     EncoderArchitecture { names: &["modernbert"], hf: models::modernbert::load_hf },
     // New encoders: one line above this comment.
+];
+
+/// Builds a dual encoder from a parsed `config.json` (its path, for error messages) and weights.
+pub type ImageTextLoader = fn(&serde_json::Value, &Path, &Weights, &str) -> Result<Box<dyn ImageTextModel>>;
+
+/// One supported dual encoder (image + text towers in one space; safetensors directories only).
+pub struct ImageTextArchitecture {
+    /// `model_type` values it answers to.
+    pub names: &'static [&'static str],
+    pub hf: ImageTextLoader,
+}
+
+pub const IMAGE_TEXT: &[ImageTextArchitecture] = &[
+    ImageTextArchitecture { names: &["clip"], hf: models::clip::load_hf },
+    ImageTextArchitecture { names: &["siglip"], hf: models::siglip::load_hf },
+    // New dual encoders: one line above this comment.
 ];
 
 fn find(name: &str) -> Option<&'static Architecture> {
@@ -174,4 +193,27 @@ pub(crate) fn read_model_type(dir: &Path) -> Result<(serde_json::Value, std::pat
         .ok_or_else(|| Error::missing(&config_path, "config field 'model_type'"))?
         .to_string();
     Ok((json, config_path, model_type))
+}
+
+fn find_image_text(model_type: &str) -> Option<&'static ImageTextArchitecture> {
+    IMAGE_TEXT.iter().find(|a| a.names.contains(&model_type))
+}
+
+/// The dual-encoder `model_type`s, comma-separated.
+pub fn supported_image_text() -> String {
+    IMAGE_TEXT.iter().flat_map(|a| a.names.iter().copied()).collect::<Vec<_>>().join(", ")
+}
+
+/// Whether `model_type` names a dual image-text encoder (load it with [`load_image_text`]).
+pub fn is_image_text_type(model_type: &str) -> bool {
+    find_image_text(model_type).is_some()
+}
+
+/// Loads a dual image-text encoder (CLIP, SigLIP) from a Hugging Face directory.
+pub fn load_image_text(dir: &Path) -> Result<Box<dyn ImageTextModel>> {
+    let (json, config_path, model_type) = read_model_type(dir)?;
+    let arch = find_image_text(&model_type)
+        .ok_or_else(|| Error::UnknownArchitecture { name: model_type.clone(), supported: supported_image_text() })?;
+    let w = Weights::Safetensors(Arc::new(SafetensorsWeights::open_dir(dir)?));
+    (arch.hf)(&json, &config_path, &w, &model_type)
 }

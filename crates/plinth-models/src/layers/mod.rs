@@ -8,6 +8,7 @@ pub mod fused;
 pub mod linear;
 pub mod norm;
 pub mod rope;
+pub mod vit;
 
 pub use activation::Activation;
 pub use attention::{causal_mask, needs_mask, scaled_dot_product_attention, AttentionOptions, Masks};

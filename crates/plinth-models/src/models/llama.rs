@@ -230,12 +230,20 @@ pub struct Llama {
     /// The KV cache's storage type: f16 for block-quantized weights (see
     /// `kv::quantized_model_kv_dtype`).
     kv_dtype: Option<DType>,
+    /// Module path of the decoder body (`model`; `model.text_model` inside Idefics3).
+    prefix: String,
 }
 
 impl Llama {
     pub fn load(cfg: LlamaConfig, w: &Weights, architecture: &str, rope_style: RopeStyle) -> Result<Self> {
+        Self::load_prefixed(cfg, w, architecture, rope_style, "model")
+    }
+
+    /// [`Llama::load`] with the decoder body under `prefix` (`model.text_model` when it is the
+    /// language half of a vision-language model); the output head stays `lm_head`.
+    pub fn load_prefixed(cfg: LlamaConfig, w: &Weights, architecture: &str, rope_style: RopeStyle, prefix: &str) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-        let embed_name = "model.embed_tokens.weight";
+        let embed_name = &format!("{prefix}.embed_tokens.weight");
         let embed_q = w.qtensor(embed_name, &[cfg.vocab_size, h])?;
         let tied = cfg.tie_word_embeddings || !w.contains("lm_head.weight");
         let lm_head = if tied {
@@ -249,7 +257,7 @@ impl Llama {
         };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
-            let p = format!("model.layers.{i}");
+            let p = format!("{prefix}.layers.{i}");
             let head_norm = |n: &str| -> Result<Option<RmsNorm>> {
                 Ok(if cfg.qk_norm { Some(RmsNorm::new(w.tensor(&format!("{p}.self_attn.{n}.weight"), &[hd])?, cfg.rms_norm_eps)) } else { None })
             };
@@ -275,7 +283,7 @@ impl Llama {
                 },
             });
         }
-        let norm = RmsNorm::new(w.tensor("model.norm.weight", &[h])?, cfg.rms_norm_eps);
+        let norm = RmsNorm::new(w.tensor(&format!("{prefix}.norm.weight"), &[h])?, cfg.rms_norm_eps);
         let freq_factors = match w {
             Weights::Gguf(g) if g.tensor_info("rope_freqs.weight").is_some() => Some(
                 g.qtensor("rope_freqs.weight", &Device::Cpu)?.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?,
@@ -320,7 +328,7 @@ impl Llama {
         };
         let quantized = layers.first().is_some_and(|l| l.self_attn.q_proj.is_block_quantized());
         let kv_dtype = quantized.then(crate::kv::quantized_model_kv_dtype);
-        Ok(Llama { cfg, info, embed_tokens, layers, norm, lm_head, rope, device: w.device(), kv_dtype })
+        Ok(Llama { cfg, info, embed_tokens, layers, norm, lm_head, rope, device: w.device(), kv_dtype, prefix: prefix.to_string() })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -332,6 +340,25 @@ impl Llama {
             Embedding::Quantized(q) => q.embedding(ids)?,
             Embedding::Dense(t) => t.embedding(ids)?,
         })
+    }
+
+    /// Token embeddings `[ids.len(), hidden]` (ids beyond the vocabulary are refused).
+    pub fn embed_ids(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(Error::invalid("token id", format!("{bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
+        }
+        self.embed(&Tensor::new(ids, &self.device)?)
+    }
+
+    /// [`Decoder::forward`] from input embeddings `[seq, hidden]` instead of token ids.
+    pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        let (seq, hidden) = embeds.dims2()?;
+        if hidden != self.cfg.hidden_size || seq == 0 {
+            return Err(Error::invalid("input embeddings", format!("{:?}, expected [seq >= 1, {}]", embeds.dims(), self.cfg.hidden_size)));
+        }
+        let start = cache.check_room(seq, self.rope.max_positions())?;
+        let masks = [Masks::new(seq, start, &self.windows(), &self.device)?];
+        Ok(self.run(embeds.unsqueeze(0)?, &mut [cache], &masks, !all_logits)?.squeeze(0)?)
     }
 }
 
@@ -407,10 +434,10 @@ impl Decoder for Llama {
         for (i, l) in self.layers.iter().enumerate() {
             let (a, m) = (&l.self_attn, &l.mlp);
             for (n, lin) in [("self_attn.q_proj", &a.q_proj), ("self_attn.k_proj", &a.k_proj), ("self_attn.v_proj", &a.v_proj), ("self_attn.o_proj", &a.o_proj)] {
-                out.push((format!("model.layers.{i}.{n}"), lin));
+                out.push((format!("{}.layers.{i}.{n}", self.prefix), lin));
             }
             for (n, lin) in [("mlp.gate_proj", &m.gate_proj), ("mlp.up_proj", &m.up_proj), ("mlp.down_proj", &m.down_proj)] {
-                out.push((format!("model.layers.{i}.{n}"), lin));
+                out.push((format!("{}.layers.{i}.{n}", self.prefix), lin));
             }
         }
         out

@@ -1,12 +1,14 @@
-//! One file per architecture: the decoders, and the encoders (`bert` with its relatives,
-//! `distilbert`, `modernbert`).
+//! One file per architecture: the decoders, the encoders (`bert` with its relatives,
+//! `distilbert`, `modernbert`) and the image models (`clip`, `siglip`, `idefics3`).
 
 pub mod bart;
 pub mod bert;
+pub mod clip;
 pub mod distilbert;
 pub mod gemma2;
 pub mod gemma3;
 pub mod gpt2;
+pub mod idefics3;
 pub mod llama;
 pub mod marian;
 pub mod mistral;
@@ -14,4 +16,5 @@ pub mod modernbert;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
+pub mod siglip;
 pub mod t5;
