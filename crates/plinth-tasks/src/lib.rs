@@ -9,12 +9,15 @@
 //! ([`translate`]), retrieval-augmented and generative answers with cited passages ([`rag`],
 //! [`answer`]: an encoder retrieves, a decoder answers) and zero-shot classification by label
 //! log-likelihoods ([`zeroshot`]). Encoder-decoder models (Marian, T5, BART) with their
-//! tokenizers ([`seq2seq`]) translate and summarize through the same splitter.
+//! tokenizers ([`seq2seq`]) translate and summarize through the same splitter. Images:
+//! dual encoders (CLIP, SigLIP) embed, classify zero-shot and search folders
+//! ([`image_text`]); vision-language decoders get their image prompts from [`vlm`].
 
 pub mod answer;
 pub mod chunk;
 pub mod classify;
 pub mod embed;
+pub mod image_text;
 pub mod model;
 pub mod ner;
 pub mod qa;
@@ -25,9 +28,12 @@ pub mod service;
 pub mod summarize;
 pub mod text;
 pub mod translate;
+pub mod vlm;
 pub mod zeroshot;
 
 pub use classify::{ClassifyOptions, LabelScore, Ranked, RerankOptions, ScoreFunction};
+pub use image_text::{ImageHit, ImageIndex, ImageTextPipeline};
+pub use vlm::ImagePrompter;
 pub use embed::{cosine, EmbedInput, EmbedOptions, Embeddings};
 pub use model::{normalize, EncoderModel, Pooling};
 pub use ner::{Aggregation, Entity, NerOptions};
