@@ -31,6 +31,9 @@ pub enum Command {
     Chat(ChatArgs),
     /// Generate a completion of one prompt (from --prompt or stdin).
     Generate(GenerateArgs),
+    /// Describe an image, or answer --prompt about it, with a vision-language model
+    /// (SmolVLM / Idefics3 directory as --model).
+    Describe(DescribeArgs),
     /// Describe a model: architecture, size, tensor types, tokenizer, what it can do.
     Inspect(InspectArgs),
     /// Download a known model into the cache ($PLINTH_HOME), or a Hugging Face repository.
@@ -134,9 +137,14 @@ pub struct EmbedArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Embed these image files (PNG, JPEG, WebP, GIF) with an image-text model (CLIP,
+    /// SigLIP) given as --model; texts given too are embedded into the same space.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pub image: Vec<String>,
 }
 
 #[derive(Args, Debug)]
+#[command(group(ArgGroup::new("source").required(true).args(["corpus", "images"])))]
 pub struct SearchArgs {
     #[command(flatten)]
     pub model: EncoderModelArg,
@@ -144,7 +152,11 @@ pub struct SearchArgs {
     pub query: String,
     /// A text file; every non-empty line is a document.
     #[arg(long, value_name = "FILE")]
-    pub corpus: String,
+    pub corpus: Option<String>,
+    /// Text-to-image search over the images in DIR (recursively) with an image-text model
+    /// (CLIP, SigLIP) as --model; their embeddings are cached in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<String>,
     /// How many results.
     #[arg(short = 'k', long, default_value_t = 5)]
     pub top_k: usize,
@@ -176,10 +188,14 @@ pub struct ClassifyArgs {
     /// Zero-shot: score each label on its own, so several may apply (NLI models only).
     #[arg(long)]
     pub multi_label: bool,
-    /// Zero-shot with an NLI model: the hypothesis, with {} where the label goes
-    /// (default "This example is {}.").
+    /// Zero-shot: the hypothesis, with {} where the label goes (default "This example is
+    /// {}." for NLI models, "This is a photo of {}." for images).
     #[arg(long, value_name = "TEMPLATE")]
     pub hypothesis_template: Option<String>,
+    /// Zero-shot classification of these image files into --labels with an image-text model
+    /// (CLIP: probabilities over the labels; SigLIP: each label on its own) as --model.
+    #[arg(long, num_args = 1.., value_name = "FILE", requires = "labels")]
+    pub image: Vec<String>,
     /// Show the K best labels per text (0: all).
     #[arg(short = 'k', long, default_value_t = 1)]
     pub top_k: usize,
@@ -322,6 +338,27 @@ pub struct ChatArgs {
     /// System prompt placed before the conversation.
     #[arg(long)]
     pub system: Option<String>,
+    /// Images the conversation is about (a vision-language model such as SmolVLM as
+    /// --model); they go with your first message.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pub image: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DescribeArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// The image file(s) (PNG, JPEG, WebP, GIF).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+    /// What to ask about the image(s).
+    #[arg(short, long, default_value = "Describe this image.")]
+    pub prompt: String,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -425,9 +462,22 @@ pub struct ServeArgs {
     /// Allow browser requests from ORIGIN (`*`, or a comma-separated list). Off by default.
     #[arg(long, env = "PLINTH_CORS", value_name = "ORIGIN")]
     pub cors: Option<String>,
-    /// Largest accepted request body, in bytes.
-    #[arg(long, env = "PLINTH_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    /// Largest accepted request body, in bytes (room for a base64 image of --max-image-bytes).
+    #[arg(long, env = "PLINTH_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Let chat requests name image files (`file://...` or a path) inside DIR. Off by default:
+    /// clients send images as base64 `data:` URLs.
+    #[arg(long, env = "PLINTH_ALLOW_LOCAL_IMAGES", value_name = "DIR")]
+    pub allow_local_images: Option<PathBuf>,
+    /// Let chat requests name `http(s)://` image URLs, which the server then fetches. Off by default.
+    #[arg(long, env = "PLINTH_ALLOW_REMOTE_IMAGES", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_remote_images: bool,
+    /// Images accepted in one request.
+    #[arg(long, env = "PLINTH_MAX_IMAGES", default_value_t = 8)]
+    pub max_images: usize,
+    /// Largest accepted image file, in bytes (decoded images are also limited to 50 megapixels).
+    #[arg(long, env = "PLINTH_MAX_IMAGE_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_image_bytes: usize,
     /// Sequences decoded together per model.
     #[arg(long, env = "PLINTH_MAX_RUNNING", default_value_t = 16)]
     pub max_running: usize,

@@ -65,3 +65,44 @@ pub fn is_encoder(loc: &ModelLocation) -> bool {
         .and_then(|c| c.get("model_type").and_then(|v| v.as_str()).map(plinth_models::is_encoder_type))
         .unwrap_or(false)
 }
+
+/// The `model_type` of a resolved directory, if it has a readable `config.json`.
+fn model_type(loc: &ModelLocation) -> Option<String> {
+    let ModelLocation::Dir(d) = loc else { return None };
+    plinth_io::safetensors::read_config(d).ok()?.get("model_type")?.as_str().map(str::to_string)
+}
+
+/// Whether a resolved location is an image-text dual encoder (CLIP, SigLIP).
+pub fn is_image_text(loc: &ModelLocation) -> bool {
+    model_type(loc).is_some_and(|t| plinth_models::is_image_text_type(&t))
+}
+
+/// Resolves and loads a dual encoder with its tokenizer and image processor; `flag` names the
+/// option that needs one, for the error.
+pub fn load_image_text(spec: &str, flag: &str) -> Result<plinth_tasks::ImageTextPipeline> {
+    let loc = resolve(spec)?;
+    if !is_image_text(&loc) {
+        anyhow::bail!(
+            "{flag} needs an image-text model directory (CLIP or SigLIP: {}) as --model; '{spec}' is not one",
+            plinth_models::supported_image_text()
+        );
+    }
+    Ok(plinth_tasks::ImageTextPipeline::load(loc.path())?)
+}
+
+/// The image prompter of a loaded vision-language model; `flag` names the option that needs it.
+pub fn image_prompter(m: &Loaded, flag: &str) -> Result<plinth_tasks::ImagePrompter> {
+    let Some(vision) = m.model.vision() else {
+        anyhow::bail!(
+            "{flag} needs a vision-language model (e.g. SmolVLM: idefics3) as --model; {} reads text only",
+            m.location.path().display()
+        );
+    };
+    Ok(plinth_tasks::ImagePrompter::load(m.location.path(), vision.vision_info(), &m.tokenizer)?)
+}
+
+/// Reads and decodes image files with the default limits.
+pub fn read_images(paths: &[String]) -> Result<Vec<plinth_image::RgbImage>> {
+    let limits = plinth_image::ImageLimits::default();
+    paths.iter().map(|p| Ok(plinth_image::load_image(std::path::Path::new(p), &limits)?)).collect()
+}

@@ -103,6 +103,11 @@ impl<'t> Sequence<'t> {
     }
 
     fn adjust(&self, logits: &mut [f32]) {
+        // Models whose embedding table is padded past the tokenizer (Qwen2, random-weight
+        // test models) must never sample an id the tokenizer cannot decode.
+        if let Some(pad) = logits.get_mut(self.tokenizer.vocab_size()..) {
+            pad.fill(f32::NEG_INFINITY);
+        }
         for &(id, bias) in &self.opts.logit_bias {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l += bias;

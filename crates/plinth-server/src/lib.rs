@@ -15,6 +15,7 @@ mod adapters;
 mod encode;
 mod error;
 mod gate;
+mod images;
 mod metrics;
 mod request;
 mod response;
@@ -34,6 +35,8 @@ use plinth_models::Decoder;
 use plinth_tokenize::Tokenizer;
 use tokio::sync::Notify;
 
+pub use images::ImagePolicy;
+pub use plinth_image::ImageLimits;
 pub use request::DEFAULT_SEED;
 
 /// After a shutdown signal, in-flight requests get this long to finish on their own...
@@ -56,6 +59,8 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// LoRA adapters to serve from the start: `(name, PEFT directory)`, on the first decoder.
     pub adapters: Vec<(String, PathBuf)>,
+    /// Where chat images may come from, and their limits.
+    pub images: ImagePolicy,
 }
 
 impl Default for ServerConfig {
@@ -65,9 +70,10 @@ impl Default for ServerConfig {
             port: 8080,
             api_key: None,
             cors: None,
-            max_body_bytes: 2 * 1024 * 1024,
+            max_body_bytes: 32 * 1024 * 1024,
             engine: EngineConfig::default(),
             adapters: Vec::new(),
+            images: ImagePolicy::default(),
         }
     }
 }
@@ -148,9 +154,16 @@ impl Server {
             .into_iter()
             .map(|m| {
                 let template = m.tokenizer.chat().map_err(|e| format!("model '{}' cannot serve chat requests ({e}); use /v1/completions", m.name));
+                let prompter = match m.model.vision() {
+                    Some(v) => Some(
+                        plinth_tasks::ImagePrompter::load(&m.path, v.vision_info(), &m.tokenizer)
+                            .map_err(|e| Error::invalid("--model", format!("{}: {e}", m.name)))?,
+                    ),
+                    None => None,
+                };
                 let tokenizer = Arc::new(m.tokenizer);
                 let model: Arc<dyn Decoder> = Arc::from(m.model);
-                state::ModelState {
+                Ok(state::ModelState {
                     engine: Engine::start_shared(model.clone(), tokenizer.clone(), config.engine),
                     model,
                     name: m.name,
@@ -158,10 +171,11 @@ impl Server {
                     created,
                     tokenizer,
                     template,
+                    prompter,
                     metrics: Default::default(),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let service = plinth_tasks::ServiceConfig { max_queue: config.engine.max_queue, ..Default::default() };
         let encoders = encoders
             .into_iter()
@@ -182,6 +196,7 @@ impl Server {
             api_key: config.api_key,
             cors,
             max_body_bytes: config.max_body_bytes,
+            images: config.images,
         };
         if !config.adapters.is_empty() && state.models.is_empty() {
             return Err(Error::invalid("--adapter", "adapters need a generation model to run on"));

@@ -130,8 +130,9 @@ async fn generate(s: Arc<AppState>, ep: Endpoint, body: Result<Bytes, BytesRejec
 
     // Templating and tokenizing a long prompt takes long enough to hold up other requests'
     // streams if it ran on an async worker.
-    let (st, prompt) = (s.clone(), req.prompt.clone());
-    let prompt_ids = tokio::task::spawn_blocking(move || st.models[idx].prompt_ids(&prompt))
+    // Fetching and decoding images blocks too.
+    let (st, prompt, images) = (s.clone(), req.prompt.clone(), req.images.clone());
+    let (prompt_ids, pixels) = tokio::task::spawn_blocking(move || st.models[idx].prompt(&prompt, &images, &st.images))
         .await
         .map_err(|e| ApiError::Generation(format!("tokenizing the prompt: {e}")))??;
 
@@ -142,7 +143,8 @@ async fn generate(s: Arc<AppState>, ep: Endpoint, body: Result<Bytes, BytesRejec
     let context = m.engine.context_length();
     let mut receivers = Vec::with_capacity(req.n);
     for i in 0..req.n {
-        let submitted = m.engine.submit(Request { prompt_ids: prompt_ids.clone(), options: req.options(i, context, adapter) });
+        let request = Request { prompt_ids: prompt_ids.clone(), options: req.options(i, context, adapter) };
+        let submitted = m.engine.submit_with_images(request, pixels.clone());
         // On failure the choices already submitted are cancelled as `receivers` drops.
         receivers.push(submitted.map_err(|e| ApiError::core(e, param))?);
     }

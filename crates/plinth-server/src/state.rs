@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use plinth_engine::Engine;
-use plinth_tasks::EmbedService;
+use candle_core::Tensor;
+use plinth_tasks::{EmbedService, ImagePrompter};
 use plinth_tokenize::{ChatTemplate, Tokenizer};
 
 use crate::error::ApiError;
 use crate::gate::Cors;
 use crate::metrics::{ModelMetrics, RequestCounter};
-use crate::request::Prompt;
+use crate::images::ImagePolicy;
+use crate::request::{ImageRef, Prompt};
 
 pub struct AppState {
     pub models: Vec<ModelState>,
@@ -22,6 +24,7 @@ pub struct AppState {
     pub api_key: Option<String>,
     pub cors: Option<Cors>,
     pub max_body_bytes: usize,
+    pub images: ImagePolicy,
 }
 
 pub struct ModelState {
@@ -35,6 +38,8 @@ pub struct ModelState {
     pub tokenizer: Arc<Tokenizer>,
     /// Parsed once at start-up; the error says why chat requests cannot be served.
     pub template: Result<ChatTemplate, String>,
+    /// Vision-language models: turns image parts into tiles and image tokens.
+    pub prompter: Option<ImagePrompter>,
     pub metrics: ModelMetrics,
 }
 
@@ -93,15 +98,30 @@ impl ModelState {
     /// Token ids of a prompt: chat messages through the model's template (which writes any
     /// BOS itself, so none is added), plain text with the tokenizer's special tokens, token
     /// ids as given.
-    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, ApiError> {
+    /// Images in chat messages are fetched and decoded under `policy`, and their tiles returned
+    /// beside the ids. Blocking.
+    pub fn prompt(&self, prompt: &Prompt, images: &[ImageRef], policy: &ImagePolicy) -> Result<(Vec<u32>, Option<Tensor>), ApiError> {
         match prompt {
             Prompt::Chat(messages) => {
                 let template = self.template.as_ref().map_err(|why| ApiError::invalid("messages", why.clone()))?;
                 let text = template.render(messages, true).map_err(|e| ApiError::core(e, "messages"))?;
-                Ok(self.tokenizer.encode(&text, false)?)
+                let (text, pixels) = match (&self.prompter, images) {
+                    (_, []) => (text, None),
+                    (None, [first, ..]) => {
+                        return Err(ApiError::invalid(
+                            &first.param,
+                            format!("model '{}' reads text only; images need a vision-language model (e.g. SmolVLM)", self.name),
+                        ))
+                    }
+                    (Some(p), _) => {
+                        let decoded = policy.load_all(images)?;
+                        p.expand(&text, &decoded).map_err(|e| ApiError::core(e, "messages"))?
+                    }
+                };
+                Ok((self.tokenizer.encode(&text, false)?, pixels))
             }
-            Prompt::Text(text) => Ok(self.tokenizer.encode(text, true)?),
-            Prompt::Tokens(ids) => Ok(ids.clone()),
+            Prompt::Text(text) => Ok((self.tokenizer.encode(text, true)?, None)),
+            Prompt::Tokens(ids) => Ok((ids.clone(), None)),
         }
     }
 }

@@ -73,7 +73,9 @@ fn read_input(lines: &mut impl Iterator<Item = std::io::Result<String>>, interac
 pub fn run(a: ChatArgs) -> Result<()> {
     // Flags are checked before the (slow) model load, then merged with the model's defaults.
     a.sampling.params(&Default::default())?;
+    let images = load::read_images(&a.image)?;
     let m = load::load(&a.model)?;
+    let prompter = if images.is_empty() { None } else { Some(load::image_prompter(&m, "--image")?) };
     let sampling = a.sampling.params(&m.generation)?;
     let template = m.tokenizer.chat()?;
     let mut session = Session::new(m.model.as_ref(), &m.tokenizer).with_context_limit(a.sampling.context);
@@ -108,12 +110,24 @@ pub fn run(a: ChatArgs) -> Result<()> {
             }
             Input::Text(t) => t,
         };
-        turns.push(Message::new("user", text));
+        // The images go with the first message of the conversation (and again after /reset).
+        let first = !turns.iter().any(|t: &Message| t.role == "user");
+        turns.push(match &prompter {
+            Some(_) if first => plinth_tasks::vlm::image_turn(images.len(), &text),
+            _ => Message::new("user", text),
+        });
         let ids = loop {
             let all: Vec<Message> = system.iter().chain(turns.iter()).cloned().collect();
-            let ids = m.tokenizer.encode(&template.render(&all, true)?, false)?;
+            let rendered = template.render(&all, true)?;
+            // Once the image turn has been dropped for space, the images go with it.
+            let shown = if all.iter().any(|t| t.images() > 0) { &images[..] } else { &[] };
+            let (rendered, pixels) = match &prompter {
+                Some(p) => p.expand(&rendered, shown)?,
+                None => (rendered, None),
+            };
+            let ids = m.tokenizer.encode(&rendered, false)?;
             if ids.len() + reserve <= context {
-                break Some(ids);
+                break Some((ids, pixels));
             }
             if turns.len() > 1 {
                 // Drop the oldest exchange (user + assistant) whole, never part of a message.
@@ -131,7 +145,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             turns.pop();
             break None;
         };
-        let Some(prompt_ids) = ids else { continue };
+        let Some((prompt_ids, pixels)) = ids else { continue };
         let mut sp = sampling.clone();
         // Vary the seed per turn so that repeating a question does not repeat the answer verbatim,
         // while a whole scripted conversation stays reproducible.
@@ -140,7 +154,8 @@ pub fn run(a: ChatArgs) -> Result<()> {
         let req = GenerateRequest { prompt_ids, max_tokens: a.sampling.max_tokens, sampling: sp, stop: a.sampling.stop.clone() };
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        let res = session.generate(&req, &mut |piece| out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok())?;
+        let res = session
+            .generate_with_images(&req, pixels.as_ref(), &mut |piece| out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_ok())?;
         writeln!(out)?;
         turns.push(Message::new("assistant", res.text));
     }

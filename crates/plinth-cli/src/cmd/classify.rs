@@ -20,6 +20,13 @@ use crate::cmd::embed::read_texts;
 use crate::load;
 
 pub fn run(a: ClassifyArgs) -> Result<()> {
+    if !a.image.is_empty() {
+        if a.multi_label {
+            anyhow::bail!("--multi-label does not apply to images: CLIP scores the labels against each other, SigLIP each on its own, as trained");
+        }
+        let labels = parse_labels(a.labels.as_deref().unwrap_or_default())?;
+        return crate::cmd::vision::run_classify_images(a, labels);
+    }
     let texts = read_texts(&a.texts)?;
     match a.labels.as_deref() {
         Some(list) => zero_shot(&a, list, &texts),

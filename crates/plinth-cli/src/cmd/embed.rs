@@ -62,6 +62,9 @@ pub fn progress_bar(total: usize, what: &str) -> ProgressBar {
 }
 
 pub fn run_embed(a: EmbedArgs) -> Result<()> {
+    if !a.image.is_empty() {
+        return crate::cmd::vision::run_embed_images(a);
+    }
     if a.batch_size == 0 {
         anyhow::bail!("invalid --batch-size: must be at least 1");
     }
@@ -98,7 +101,7 @@ fn write_jsonl(mut out: impl Write, texts: &[String], vectors: &[Vec<f32>]) -> R
 
 /// NumPy's `.npy` v1.0: magic, a header dict padded to a 64-byte boundary, then the data.
 /// Written to a temporary file and renamed, so a failed run leaves no half file.
-fn write_npy(path: &str, rows: &[Vec<f32>], dim: usize) -> Result<()> {
+pub(crate) fn write_npy(path: &str, rows: &[Vec<f32>], dim: usize) -> Result<()> {
     let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {dim}), }}", rows.len());
     let unpadded = 10 + header.len() + 1;
     let pad = (64 - unpadded % 64) % 64;
@@ -126,8 +129,16 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
     if a.query.trim().is_empty() {
         anyhow::bail!("the query is empty");
     }
+    let corpus_name = match (&a.corpus, &a.images) {
+        (Some(c), None) => c.clone(),
+        (None, Some(dir)) => {
+            let dir = dir.clone();
+            return crate::cmd::vision::run_search_images(a, &dir);
+        }
+        _ => anyhow::bail!("give either --corpus FILE or --images DIR"),
+    };
     let model = load::load_encoder(&a.model.model)?;
-    let corpus = std::path::Path::new(&a.corpus);
+    let corpus = std::path::Path::new(&corpus_name);
     let bar = std::cell::OnceCell::new();
     let index = CorpusIndex::open(&model, corpus, &mut |done, total| {
         bar.get_or_init(|| progress_bar(total, "embedding corpus")).set_position(done as u64);
@@ -143,12 +154,12 @@ pub fn run_search(a: SearchArgs) -> Result<()> {
         writeln!(
             out,
             "{}",
-            json!({"query": a.query, "corpus": a.corpus, "documents": index.docs.len(), "cached": index.cached, "results": hits})
+            json!({"query": a.query, "corpus": corpus_name, "documents": index.docs.len(), "cached": index.cached, "results": hits})
         )?;
         return Ok(());
     }
     for h in &hits {
-        writeln!(out, "{:.4}  {}:{}  {}", h.score, a.corpus, h.line, h.text)?;
+        writeln!(out, "{:.4}  {}:{}  {}", h.score, corpus_name, h.line, h.text)?;
     }
     Ok(())
 }

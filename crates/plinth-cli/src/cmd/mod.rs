@@ -15,6 +15,7 @@ mod serve;
 mod summarize;
 mod translate;
 mod tune;
+mod vision;
 
 use anyhow::Result;
 use plinth_engine::SamplingParams;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Chat(a) => chat::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Describe(a) => vision::run_describe(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Pull(a) => pull::run(a),
         Command::Bench(a) => bench::run(a),

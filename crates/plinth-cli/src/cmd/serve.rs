@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use plinth_engine::EngineConfig;
-use plinth_server::{EncoderSpec, ModelSpec, ServerConfig};
+use plinth_server::{EncoderSpec, ImageLimits, ImagePolicy, ModelSpec, ServerConfig};
 
 use crate::cli::{ModelArg, ServeArgs};
 use crate::load;
@@ -36,6 +36,23 @@ fn parse_adapters(specs: &[String]) -> Result<Vec<(String, std::path::PathBuf)>>
         .collect()
 }
 
+/// The image policy from the flags; the allowed folder must exist (it is canonicalised so that
+/// `..` and symlinks cannot lead out of it).
+fn image_policy(local: Option<&Path>, remote: bool, max_images: usize, max_bytes: usize) -> Result<ImagePolicy> {
+    if max_images == 0 || max_bytes == 0 {
+        anyhow::bail!("invalid --max-images / --max-image-bytes: must be at least 1");
+    }
+    let local_dir = match local {
+        Some(d) => Some(d.canonicalize().with_context(|| format!("invalid --allow-local-images {}", d.display()))?),
+        None => None,
+    };
+    if local_dir.as_ref().is_some_and(|d| !d.is_dir()) {
+        anyhow::bail!("invalid --allow-local-images: {} is not a directory", local.unwrap_or(Path::new("")).display());
+    }
+    let limits = ImageLimits { max_bytes, ..ImageLimits::default() };
+    Ok(ImagePolicy { local_dir, remote, max_images, limits })
+}
+
 pub fn run(a: ServeArgs) -> Result<()> {
     // A trailing comma in PLINTH_MODEL should not read as a model called "".
     let specs: Vec<&String> = a.models.iter().filter(|m| !m.trim().is_empty()).collect();
@@ -58,6 +75,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         engine: EngineConfig { max_running: a.max_running, max_queue: a.max_queue, ..EngineConfig::default() },
         adapters: parse_adapters(&a.adapters)?,
+        images: image_policy(a.allow_local_images.as_deref(), a.allow_remote_images, a.max_images, a.max_image_bytes)?,
     };
     let (mut models, mut encoders) = (Vec::new(), Vec::new());
     for (spec, name) in specs.into_iter().zip(names) {
