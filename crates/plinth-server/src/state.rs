@@ -103,20 +103,20 @@ impl ModelState {
     pub fn prompt(&self, prompt: &Prompt, images: &[ImageRef], policy: &ImagePolicy) -> Result<(Vec<u32>, Option<Tensor>), ApiError> {
         match prompt {
             Prompt::Chat(messages) => {
+                if let (None, [first, ..]) = (&self.prompter, images) {
+                    return Err(ApiError::invalid(
+                        &first.param,
+                        format!("model '{}' reads text only; images need a vision-language model (e.g. SmolVLM)", self.name),
+                    ));
+                }
                 let template = self.template.as_ref().map_err(|why| ApiError::invalid("messages", why.clone()))?;
                 let text = template.render(messages, true).map_err(|e| ApiError::core(e, "messages"))?;
-                let (text, pixels) = match (&self.prompter, images) {
-                    (_, []) => (text, None),
-                    (None, [first, ..]) => {
-                        return Err(ApiError::invalid(
-                            &first.param,
-                            format!("model '{}' reads text only; images need a vision-language model (e.g. SmolVLM)", self.name),
-                        ))
-                    }
-                    (Some(p), _) => {
+                let (text, pixels) = match &self.prompter {
+                    Some(p) if !images.is_empty() => {
                         let decoded = policy.load_all(images)?;
                         p.expand(&text, &decoded).map_err(|e| ApiError::core(e, "messages"))?
                     }
+                    _ => (text, None),
                 };
                 Ok((self.tokenizer.encode(&text, false)?, pixels))
             }
