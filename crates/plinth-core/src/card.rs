@@ -32,8 +32,12 @@ pub enum Task {
     TokenClassification,
     /// Ranking documents by relevance to a query.
     Reranking,
-    /// Semantic search over a corpus.
+    /// Semantic search over a corpus (of texts, or of images for image-text models).
     Search,
+    /// Describing or answering questions about images (captioning, visual QA).
+    ImageToText,
+    /// Classifying images into labels named at request time.
+    ZeroShotImageClassification,
 }
 
 /// The user-facing description of a loaded model.
@@ -93,6 +97,28 @@ impl ModelCard {
             inputs: vec![Modality::Text],
             outputs: vec![Modality::Text],
             tasks: vec![Task::Translation, Task::Summarization, Task::TextGeneration],
+        }
+    }
+
+    /// A dual encoder (CLIP, SigLIP): images and texts in, embeddings in one shared space out.
+    pub fn image_text(architecture: &str) -> Self {
+        ModelCard {
+            architecture: architecture.to_string(),
+            family: "dual-encoder",
+            inputs: vec![Modality::Image, Modality::Text],
+            outputs: vec![Modality::Embedding, Modality::Labels],
+            tasks: vec![Task::Embedding, Task::ZeroShotImageClassification, Task::Search],
+        }
+    }
+
+    /// A vision-language decoder (SmolVLM / Idefics3): images and text in, text out.
+    pub fn vision_language(architecture: &str) -> Self {
+        ModelCard {
+            architecture: architecture.to_string(),
+            family: "vision-language decoder",
+            inputs: vec![Modality::Image, Modality::Text],
+            outputs: vec![Modality::Text],
+            tasks: vec![Task::ImageToText, Task::Chat, Task::QuestionAnswering, Task::TextGeneration],
         }
     }
 

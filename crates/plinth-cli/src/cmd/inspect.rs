@@ -126,7 +126,11 @@ fn dir_report(dir: &std::path::Path, quantize: Option<&str>) -> Result<Report> {
     let infos = w.infos();
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).ok();
     let has_chat_template = tok.as_ref().is_some_and(|t| t.chat_template().is_some());
-    let card = if plinth_models::is_encoder_type(&arch) {
+    let card = if plinth_models::is_image_text_type(&arch) {
+        ModelCard::image_text(&arch)
+    } else if cfg.get("vision_config").is_some() && plinth_models::is_supported(&arch) {
+        ModelCard::vision_language(&arch)
+    } else if plinth_models::is_encoder_type(&arch) {
         ModelCard::text_encoder(&arch, encoder_head(&cfg))
     } else if plinth_models::is_seq2seq_type(&arch) {
         ModelCard::text_seq2seq(&arch)
@@ -134,8 +138,9 @@ fn dir_report(dir: &std::path::Path, quantize: Option<&str>) -> Result<Report> {
         ModelCard::text_decoder(&arch, has_chat_template)
     };
     // GPT-2 and seq2seq configs spell the sizes differently (encoder-decoder models count
-    // their encoder layers here).
+    // their encoder layers here); multimodal configs keep the text model's in `text_config`.
     let u = |k: &str| {
+        let cfg = if cfg.get("text_config").is_some() && cfg.get(k).is_none() { &cfg["text_config"] } else { &cfg };
         let alts: &[&str] = match k {
             "hidden_size" => &["n_embd", "d_model"],
             "num_hidden_layers" => &["n_layer", "encoder_layers", "num_layers"],
@@ -147,7 +152,10 @@ fn dir_report(dir: &std::path::Path, quantize: Option<&str>) -> Result<Report> {
     Ok(Report {
         path: dir.display().to_string(),
         format: "safetensors",
-        supported: plinth_models::is_supported(&arch) || plinth_models::is_encoder_type(&arch) || plinth_models::is_seq2seq_type(&arch),
+        supported: plinth_models::is_supported(&arch)
+            || plinth_models::is_encoder_type(&arch)
+            || plinth_models::is_seq2seq_type(&arch)
+            || plinth_models::is_image_text_type(&arch),
         parameters: infos.iter().map(|i| i.2.iter().product::<usize>()).sum(),
         file_bytes: infos.iter().map(|i| i.3).sum(),
         context_length: u("max_position_embeddings"),
@@ -203,6 +211,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let style = match r.card.family {
         "encoder" => "BERT-style: understands text",
         "encoder-decoder" => "T5/BART-style: rewrites one text into another",
+        "dual-encoder" => "CLIP-style: images and texts embedded in one space",
+        "vision-language decoder" => "reads images and text, generates text",
         _ => "GPT-style: generates text",
     };
     println!("  family       {} ({style})", r.card.family);
