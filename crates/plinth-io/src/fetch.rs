@@ -162,6 +162,9 @@ fn wanted(file: &str) -> bool {
             | "tokenizer_config.json"
             | "special_tokens_map.json"
             | "chat_template.jinja"
+            | "chat_template.json"
+            | "preprocessor_config.json"
+            | "processor_config.json"
             | "model.safetensors.index.json"
             | "modules.json"
             | "sentence_bert_config.json"
@@ -405,6 +408,8 @@ mod tests {
         assert!(!is_hub_id("/abs"));
         assert!(!is_hub_id("model.gguf"));
         assert!(wanted("model-00001-of-00002.safetensors") && wanted("config.json") && !wanted("pytorch_model.bin"));
+        // Vision models need their image processor and (SmolVLM) the processor's chat template.
+        assert!(wanted("preprocessor_config.json") && wanted("chat_template.json") && wanted("processor_config.json"));
     }
 
     #[test]
