@@ -139,7 +139,7 @@ mod tests {
     }
 
     fn msg(e: ApiError) -> String {
-        e.to_string()
+        e.body()["error"]["message"].as_str().unwrap_or_default().to_string()
     }
 
     #[test]
