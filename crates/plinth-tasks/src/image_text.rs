@@ -76,8 +76,10 @@ impl ImageTextPipeline {
             return Ok(with);
         }
         let bare = self.tokenizer.encode(text, false)?;
-        let prefix = with.iter().zip(&bare).take_while(|(a, b)| a != b).count().min(with.len() - bare.len());
-        let suffix = with.len() - bare.len() - prefix;
+        // The special tokens are what `with` adds around `bare`: find where `bare` sits in it.
+        let extra = with.len().saturating_sub(bare.len());
+        let prefix = (0..=extra).find(|&p| with[p..p + bare.len()] == bare[..]).unwrap_or(0);
+        let suffix = extra - prefix;
         let keep = max.saturating_sub(prefix + suffix);
         let mut ids = with[..prefix].to_vec();
         ids.extend_from_slice(&bare[..keep]);

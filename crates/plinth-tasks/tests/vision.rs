@@ -76,6 +76,14 @@ fn zero_shot_rejects_bad_requests() {
     assert_eq!(ids.len(), p.info().text_max_positions);
     let full = p.text_ids("cat").unwrap();
     assert_eq!((ids[0], ids.last()), (full[0], full.last()));
+    // Everything between the two special tokens is the text's own tokens, cut at the end.
+    assert_eq!(full.len(), 3, "BOS, cat, EOS: {full:?}");
+    assert!(ids[1..ids.len() - 1].iter().all(|&t| t == full[1]), "{ids:?}");
+    let varied = "a photo of the small red car on the road ".repeat(4);
+    let (cut, whole) = (p.text_ids(&varied).unwrap(), p.text_ids("a photo of the small red car on the road").unwrap());
+    assert_eq!(cut.len(), p.info().text_max_positions);
+    assert_eq!(&cut[..whole.len() - 1], &whole[..whole.len() - 1], "BOS and the text's first tokens, in order");
+    assert_eq!(cut.last(), whole.last(), "the end-of-text token survives the cut");
 }
 
 #[test]
