@@ -74,29 +74,6 @@ unsafe fn block_sums<const VNNI: bool>(p: *const u8, a: &BlockQ16) -> std::arch:
     }
 }
 
-/// One block's `Σq·x` with the raw nibbles `q` (0..15) as 8 i32 lanes (a lane holds at most
-/// 4·15·32767 < 2^21): the recentring is left to the caller, which applies it once per row
-/// after reducing the lanes ([`dot4_body`]), saving two subtractions per block.
-///
-/// # Safety
-/// As [`block_sums`].
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn raw_block_sums<const VNNI: bool>(p: *const u8, a: &BlockQ16) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    let tmp = _mm_loadu_si128(p.add(4) as *const __m128i);
-    let m4 = _mm_set1_epi8(0x0f);
-    let lo = _mm256_cvtepu8_epi16(_mm_and_si128(tmp, m4));
-    let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(tmp), m4));
-    let xlo = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-    let xhi = _mm256_loadu_si256(a.qs.as_ptr().add(16) as *const __m256i);
-    if VNNI {
-        _mm256_dpwssd_epi32(_mm256_dpwssd_epi32(_mm256_setzero_si256(), lo, xlo), hi, xhi)
-    } else {
-        _mm256_add_epi32(_mm256_madd_epi16(lo, xlo), _mm256_madd_epi16(hi, xhi))
-    }
-}
-
 /// One row: per block, `d·d_a` times the 8 integer lanes into an 8-lane f32 accumulator, and
 /// the offset term `(m+8d)·s_a` into a scalar one.
 ///
@@ -115,16 +92,28 @@ unsafe fn dot_body<const VNNI: bool>(row: &[u8], x: &[BlockQ16]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(block_sums::<VNNI>(p, a)), acc);
         offs += m * a.s;
     }
-    let v = acc;
-    let s = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s))) + offs
+    hsum(acc) + offs
 }
 
-/// Four consecutive rows (`w.len() >= 4 · rb`): the activation block's loads are shared, the
-/// four rows' integer sums are reduced together with three `hadd`s, their four `[d, m]` pairs
-/// converted by one `vcvtph2ps`, and one FMA each for `d·d_a·Σ` and `(m+8d)·s_a` serves four
-/// rows.
+/// The 8 lanes' sum, in the one order both kernels use.
+///
+/// # Safety
+/// AVX in the caller.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn hsum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Four consecutive rows (`w.len() >= 4 · rb`) with one activation row: the activation
+/// block's loads are shared and the four weight streams prefetched, but each row runs exactly
+/// [`dot_body`]'s operations in its order, so a row's result is bit for bit what it would be
+/// alone. (An earlier version reduced the four rows' integer sums together and used other
+/// float operations; a sequence's logits then depended on how many others shared its decode
+/// step, and a near-tie could flip a greedy token.)
 ///
 /// # Safety
 /// As [`dot_body`]; `rb == 20 * x.len()`.
@@ -133,9 +122,8 @@ unsafe fn dot_body<const VNNI: bool>(row: &[u8], x: &[BlockQ16]) -> f32 {
 unsafe fn dot4_body<const VNNI: bool>(w: &[u8], rb: usize, x: &[BlockQ16]) -> [f32; 4] {
     use std::arch::x86_64::*;
     let base = w.as_ptr();
-    let deint = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    let mut acc = _mm_setzero_ps();
-    let mut acc_m = _mm_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut offs = [0f32; 4];
     for (i, a) in x.iter().enumerate() {
         let p = base.add(i * BLOCK_BYTES);
         // Four rows are four memory streams; the hardware prefetcher alone left this kernel at
@@ -143,27 +131,15 @@ unsafe fn dot4_body<const VNNI: bool>(w: &[u8], rb: usize, x: &[BlockQ16]) -> [f
         for r in 0..4 {
             _mm_prefetch::<_MM_HINT_T0>(p.add(r * rb + PREFETCH) as *const i8);
         }
-        let s: [__m256i; 4] = std::array::from_fn(|r| raw_block_sums::<VNNI>(p.add(r * rb), a));
-        // Pairwise sums within 128-bit lanes, then the two lanes: one exact i32 `Σq·x` per
-        // row, recentred to `Σ(q-8)·x` in integers with the activation's exact `Σx`.
-        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
-        let isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-        let isum = _mm_sub_epi32(isum, _mm_set1_epi32(8 * a.isum));
-        let dm16 = _mm_setr_epi32(
-            (p as *const i32).read_unaligned(),
-            (p.add(rb) as *const i32).read_unaligned(),
-            (p.add(2 * rb) as *const i32).read_unaligned(),
-            (p.add(3 * rb) as *const i32).read_unaligned(),
-        );
-        let dm = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(dm16), deint);
-        let d = _mm256_castps256_ps128(dm);
-        let m = _mm_fmadd_ps(d, _mm_set1_ps(8.0), _mm256_extractf128_ps::<1>(dm));
-        acc = _mm_fmadd_ps(_mm_mul_ps(d, _mm_set1_ps(a.d)), _mm_cvtepi32_ps(isum), acc);
-        acc_m = _mm_fmadd_ps(m, _mm_set1_ps(a.s), acc_m);
+        for r in 0..4 {
+            let pr = p.add(r * rb);
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((pr as *const i32).read_unaligned()));
+            let (d, m) = scales(_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(block_sums::<VNNI>(pr, a)), acc[r]);
+            offs[r] += m * a.s;
+        }
     }
-    let mut out = [0f32; 4];
-    _mm_storeu_ps(out.as_mut_ptr(), _mm_add_ps(acc, acc_m));
-    out
+    std::array::from_fn(|r| hsum(acc[r]) + offs[r])
 }
 
 /// # Safety
@@ -304,6 +280,29 @@ pub(crate) mod tests {
             }
         }
         println!("q4_1 matmul: max |Δ| / Σ|terms| = {worst:.2e} (tolerance 2e-6)");
+    }
+
+    /// A row's result must not depend on the batch it is computed in: the one-row kernel
+    /// (one activation row) and the 4-row kernel (several) give the same bits. Regression test
+    /// for greedy tokens that changed with the number of sequences in a decode step.
+    #[test]
+    fn a_row_gives_the_same_bits_alone_and_in_a_batch() {
+        let mut rng = Rng(11);
+        for (rows, cols) in [(8, 576), (13, 1536), (4, 32)] {
+            let (_, w) = weight(&mut rng, rows, cols);
+            let x: Vec<f32> = (0..3 * cols).map(|_| rng.normal()).collect();
+            for isa in Isa::available() {
+                let xs = quantize_row_with(isa, &x).unwrap();
+                let mut batch = vec![0f32; 3 * rows];
+                crate::kernels::matmul_rows(&FORMAT, isa, &w, rows, cols, &xs, &mut batch).unwrap();
+                for (k, one) in xs.chunks_exact(cols / QK).enumerate() {
+                    let mut alone = vec![0f32; rows];
+                    crate::kernels::matmul_rows(&FORMAT, isa, &w, rows, cols, one, &mut alone).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&alone), bits(&batch[k * rows..(k + 1) * rows]), "{isa:?} rows {rows} cols {cols} activation row {k}");
+                }
+            }
+        }
     }
 
     /// `(value, Σ|products|)` per output in `[n_x, rows]` order, in f64.
