@@ -56,6 +56,10 @@ def test_base64_image_is_answered(client):
     # of 16 image tokens, each with its marker tokens around it.
     assert r.usage.prompt_tokens >= text_only.usage.prompt_tokens + 5 * 16
     assert r.usage.completion_tokens >= 1
+    # Plain-string turns reach SmolVLM's parts-only template as text (not dropped).
+    longer = client.chat.completions.create(
+        model="vlm", messages=[{"role": "user", "content": "What is in the image? Tell me."}], max_tokens=1, temperature=0)
+    assert longer.usage.prompt_tokens > text_only.usage.prompt_tokens
 
 
 def test_the_image_changes_the_answer(client):

@@ -110,7 +110,11 @@ impl ModelState {
                     ));
                 }
                 let template = self.template.as_ref().map_err(|why| ApiError::invalid("messages", why.clone()))?;
-                let text = template.render(messages, true).map_err(|e| ApiError::core(e, "messages"))?;
+                let text = match &self.prompter {
+                    Some(_) => template.render(&plinth_tasks::vlm::as_parts(messages), true),
+                    None => template.render(messages, true),
+                };
+                let text = text.map_err(|e| ApiError::core(e, "messages"))?;
                 let (text, pixels) = match &self.prompter {
                     Some(p) if !images.is_empty() => {
                         let decoded = policy.load_all(images)?;

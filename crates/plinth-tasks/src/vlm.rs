@@ -89,3 +89,28 @@ pub fn image_turn(images: usize, text: &str) -> Message {
     }
     Message::with_parts("user", parts)
 }
+
+/// Messages as vision-language templates read them: every turn as typed parts. SmolVLM's
+/// template iterates `message['content']` as parts and silently drops a plain-string content
+/// (transformers passes strings through unchanged, so the model would never see that text);
+/// plinth turns each string into one text part instead.
+pub fn as_parts(messages: &[Message]) -> Vec<Message> {
+    messages
+        .iter()
+        .map(|m| if m.parts.is_empty() { Message::with_parts(m.role.clone(), vec![Part::Text { text: m.content.clone() }]) } else { m.clone() })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_turns_become_text_parts() {
+        let msgs = [Message::new("system", "Be brief."), image_turn(1, "What is it?"), Message::new("user", "And now?")];
+        let out = as_parts(&msgs);
+        assert_eq!(out[0].parts, vec![Part::Text { text: "Be brief.".into() }]);
+        assert_eq!(out[1], msgs[1]);
+        assert_eq!((out[2].content.as_str(), out[2].images()), ("And now?", 0));
+    }
+}

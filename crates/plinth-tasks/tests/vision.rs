@@ -140,6 +140,9 @@ fn smolvlm_prompt_ids_tiles_and_logits_match_transformers() {
         eprintln!("idefics3 {file}: {} prompt ids equal, last logits max |Δ| {d:.2e}", ids.len());
         assert!(d <= TOL, "last logits of {file}: max |Δ| {d:.2e} > {TOL}");
     }
+    // A plain-string turn reaches a vision-language template as a text part, not dropped.
+    let plain = template.render(&plinth_tasks::vlm::as_parts(&[plinth_tokenize::Message::new("user", "What is it?")]), true).unwrap();
+    assert!(plain.contains("User: What is it?<end_of_utterance>"), "{plain}");
     // Placeholder and image counts must agree.
     let err = prompter.expand("no placeholder", &[load_image(fixture("images/a_1x1.png"), &ImageLimits::default()).unwrap()]);
     assert!(err.unwrap_err().to_string().contains("0 '<image>' placeholders for 1 images"));

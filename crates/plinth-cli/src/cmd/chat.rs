@@ -117,7 +117,10 @@ pub fn run(a: ChatArgs) -> Result<()> {
             _ => Message::new("user", text),
         });
         let ids = loop {
-            let all: Vec<Message> = system.iter().chain(turns.iter()).cloned().collect();
+            let mut all: Vec<Message> = system.iter().chain(turns.iter()).cloned().collect();
+            if m.model.vision().is_some() {
+                all = plinth_tasks::vlm::as_parts(&all);
+            }
             let rendered = template.render(&all, true)?;
             // Once the image turn has been dropped for space, the images go with it.
             let shown = if all.iter().any(|t| t.images() > 0) { &images[..] } else { &[] };
