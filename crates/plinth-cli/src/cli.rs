@@ -432,8 +432,12 @@ pub struct BenchArgs {
     /// The encoder for --embed.
     #[arg(long, default_value = plinth_io::catalog::DEFAULT_EMBEDDER)]
     pub encoder: String,
-    /// Texts per forward pass for --embed.
-    #[arg(long, default_value_t = 32)]
+    /// Instead, measure image embedding with the dual encoder (CLIP, SigLIP) --model on N
+    /// random 640x480 images: preprocessing, the model forward and end to end, in images/s.
+    #[arg(long, value_name = "N")]
+    pub images: Option<usize>,
+    /// Texts (--embed) or images (--images) per forward pass.
+    #[arg(long, visible_alias = "batch", default_value_t = 32)]
     pub batch_size: usize,
     /// Print JSON.
     #[arg(long)]

@@ -54,6 +54,12 @@ impl ImageTextPipeline {
         &self.processor
     }
 
+    /// The dual encoder itself, for callers that preprocess on their own (benchmarks time the
+    /// forward pass apart from preprocessing).
+    pub fn model(&self) -> &dyn ImageTextModel {
+        self.model.as_ref()
+    }
+
     /// L2-normalised embeddings of `images`, `batch` at a time; `progress(done)` after each batch.
     pub fn embed_images(&self, images: &[RgbImage], batch: usize, progress: &mut dyn FnMut(usize)) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(images.len());

@@ -10,6 +10,9 @@ use crate::cli::BenchArgs;
 use crate::cmd::generate::round2;
 use crate::load;
 
+#[path = "bench_images.rs"]
+mod images;
+
 const FILLER: &str = "The quick brown fox jumps over the lazy dog while the committee debates \
     the budget for next year's lighthouse restoration, citing 1,234 letters from residents. ";
 
@@ -26,7 +29,7 @@ struct BenchReport {
     peak_rss_mb: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
@@ -98,6 +101,9 @@ fn concurrency_bench(m: load::Loaded, a: &BenchArgs) -> Result<()> {
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.runs == 0 || a.prompt_tokens == 0 || a.gen_tokens == 0 || a.concurrency.contains(&0) {
         anyhow::bail!("--runs, --prompt-tokens, --gen-tokens and --concurrency must be at least 1");
+    }
+    if let Some(n) = a.images {
+        return images::run(n, &a);
     }
     if let Some(file) = &a.embed {
         return embed_bench(file, &a);

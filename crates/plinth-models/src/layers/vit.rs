@@ -5,10 +5,11 @@
 
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use plinth_core::{Error, Result};
 
 use crate::layers::attention::general_attention;
+use crate::layers::fused;
 use crate::layers::{Activation, AttentionOptions, LayerNorm, Linear, QLinear};
 use crate::weights::Weights;
 
@@ -132,8 +133,10 @@ impl PatchEmbedding {
         let (n, s, p) = (check_pixels(pixels, self.image_size)?, self.image_size, self.patch);
         let g = s / p;
         // [n, 3, g, p, g, p] -> [n, g, g, 3, p, p]: each row is one patch in the kernel's order.
-        let patches = pixels.reshape((n, 3, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?.reshape((n, g * g, 3 * p * p))?;
-        self.proj.forward(&patches)
+        let patches = pixels.reshape((n, 3, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?.reshape((n * g * g, 3 * p * p))?;
+        // One GEMM over every patch of the batch (a 3-d input would be one GEMM per image).
+        let out = self.proj.forward(&patches)?;
+        Ok(out.reshape((n, g * g, out.dim(1)?))?)
     }
 
     pub fn params(&self) -> usize {
@@ -168,6 +171,8 @@ pub struct EncoderLayer {
     fc2: QLinear,
     act: Activation,
     heads: usize,
+    /// `intermediate_size` zeros: the fused activation kernel's bias (fc1 adds its own).
+    zero_bias: Vec<f32>,
 }
 
 impl EncoderLayer {
@@ -187,25 +192,40 @@ impl EncoderLayer {
             fc2: lin("mlp.fc2", h, m)?,
             act: cfg.act,
             heads: cfg.num_heads,
+            zero_bias: vec![0.0; m],
         })
     }
 
     /// `x`: `[b, seq, hidden]`; `mask`: an additive `[seq, seq]` mask shared by the batch.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, seq, hidden) = x.dims3()?;
-        let h = self.layer_norm1.forward(x)?;
+        // The whole batch as one `[b * seq, hidden]` matrix: each projection is then a single
+        // GEMM; on `[b, seq, hidden]` candle runs one small GEMM per item, each with its own
+        // thread hand-off.
+        let x = x.reshape((b * seq, hidden))?;
+        let fast = !x.track_op() && x.dtype() == DType::F32;
+        let h = self.layer_norm1.forward(&x)?;
         let a = &self.self_attn;
         let [q, k, v]: [Tensor; 3] =
             QLinear::forward_many(&[&a.q_proj, &a.k_proj, &a.v_proj], &h)?.try_into().expect("three projections");
-        let heads = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, seq, self.heads, hidden / self.heads))?.transpose(1, 2)?.contiguous()?)
+        let d = hidden / self.heads;
+        let att = if mask.is_none() && fast {
+            // Unmasked (every vision tower, SigLIP's text tower): the fused kernel reads the
+            // heads straight from the projections' rows, instead of `b * heads` tiny GEMM
+            // pairs plus permute copies. It wants q pre-scaled.
+            let q = (q * (1.0 / (d as f64).sqrt()))?;
+            fused::self_attention(&Tensor::cat(&[q, k, v], 1)?, &vec![1.0; b * seq], b, seq, self.heads)?
+        } else {
+            let heads = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, seq, self.heads, d))?.transpose(1, 2)?.contiguous()?) };
+            let att = general_attention(&heads(q)?, &heads(k)?, &heads(v)?, mask, AttentionOptions::default())?;
+            att.transpose(1, 2)?.reshape((b * seq, hidden))?
         };
-        let att = general_attention(&heads(q)?, &heads(k)?, &heads(v)?, mask, AttentionOptions::default())?;
-        let att = att.transpose(1, 2)?.reshape((b, seq, hidden))?;
         let x = (x + a.out_proj.forward(&att)?)?;
-        let h = self.layer_norm2.forward(&x)?;
-        let h = self.fc2.forward(&self.act.apply(&self.fc1.forward(&h)?)?)?;
-        Ok((x + h)?)
+        let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
+        // One vectorized pass for the activation (quick_gelu is three candle passes with a
+        // scalar exp); fc1's bias is already added.
+        let h = if fast { fused::bias_act(&h, &self.zero_bias, self.act)? } else { self.act.apply(&h)? };
+        Ok((x + self.fc2.forward(&h)?)?.reshape((b, seq, hidden))?)
     }
 
     pub fn params(&self) -> usize {
