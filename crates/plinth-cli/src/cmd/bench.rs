@@ -10,9 +10,6 @@ use crate::cli::BenchArgs;
 use crate::cmd::generate::round2;
 use crate::load;
 
-#[path = "bench_images.rs"]
-mod images;
-
 const FILLER: &str = "The quick brown fox jumps over the lazy dog while the committee debates \
     the budget for next year's lighthouse restoration, citing 1,234 letters from residents. ";
 
@@ -103,7 +100,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         anyhow::bail!("--runs, --prompt-tokens, --gen-tokens and --concurrency must be at least 1");
     }
     if let Some(n) = a.images {
-        return images::run(n, &a);
+        return crate::cmd::bench_images::run(n, &a);
     }
     if let Some(file) = &a.embed {
         return embed_bench(file, &a);

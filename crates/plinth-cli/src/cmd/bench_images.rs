@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::Tensor;
 use plinth_image::RgbImage;
 use serde::Serialize;
@@ -78,13 +78,7 @@ pub fn run(n: usize, a: &BenchArgs) -> Result<()> {
     if n == 0 || a.batch_size == 0 || a.batch_size > MAX_BATCH {
         anyhow::bail!("--images must be at least 1 and --batch-size between 1 and {MAX_BATCH}");
     }
-    let loc = load::resolve(&a.model.model)?;
-    let pipe = plinth_tasks::ImageTextPipeline::load(loc.path()).with_context(|| {
-        format!(
-            "--images needs an image-text model directory (CLIP or SigLIP: {}) as --model",
-            plinth_models::supported_image_text()
-        )
-    })?;
+    let pipe = load::load_image_text(&a.model.model, "--images")?;
     let (proc, model) = (pipe.processor(), pipe.model());
     let batch = a.batch_size.min(n);
     let pool_len = batch * POOL_MIN.div_ceil(batch);

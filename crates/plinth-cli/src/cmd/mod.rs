@@ -2,6 +2,7 @@
 
 mod answer;
 mod bench;
+mod bench_images;
 mod chat;
 mod classify;
 mod embed;
