@@ -84,6 +84,7 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer> {
         chat_template,
         bos_token,
         eos_token,
+        vocab_size: inner.get_vocab_size(true),
         inner,
     })
 }

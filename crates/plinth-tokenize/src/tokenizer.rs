@@ -21,6 +21,9 @@ pub struct Tokenizer {
     pub(crate) eos_token: Option<String>,
     /// Special (control) tokens, sorted by id.
     pub(crate) special: Vec<(String, u32)>,
+    /// `inner.get_vocab_size(true)`, computed once: tokenizers builds the whole vocabulary map
+    /// to answer it, which cost a 2x slowdown when the sampler asked for every token.
+    pub(crate) vocab_size: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -100,7 +103,7 @@ impl Tokenizer {
 
     /// Number of token ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn bos_id(&self) -> Option<u32> {

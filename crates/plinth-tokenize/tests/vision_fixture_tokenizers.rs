@@ -20,3 +20,15 @@ fn vision_fixture_tokenizers_match_python() {
     // string messages do not have, so rendering is the task layer's job.
     assert!(t.chat_template().is_some_and(|c| c.contains("<image>")));
 }
+
+/// The vocabulary size is read once at load (tokenizers rebuilds its whole vocabulary map to
+/// answer it, and the sampler asks for every token: decoding ran at half speed), and it counts
+/// the added tokens as tokenizers does.
+#[test]
+fn vocab_size_is_cached_and_counts_added_tokens() {
+    for dir in ["tiny-clip", "tiny-siglip", "tiny-idefics3"] {
+        let t = load(dir);
+        assert_eq!(t.vocab_size(), t.inner().get_vocab_size(true), "{dir}");
+        assert!(t.special_tokens().iter().all(|(_, id)| (*id as usize) < t.vocab_size()), "{dir}");
+    }
+}
