@@ -3,7 +3,8 @@
 //! loop over an engine-owned KV cache ([`generate`]), and the continuous-batching scheduler
 //! thread that serves many sequences at once ([`scheduler`]). Encoder-decoder models
 //! generate through [`seq2seq`]: greedy and beam search as transformers' `generate`, over a
-//! decoder cache the engine owns.
+//! decoder cache the engine owns. Prompts of vision-language models carry image tiles
+//! ([`images`]): both the session and the scheduler prefill them from input embeddings.
 
 pub mod generate;
 pub mod images;
