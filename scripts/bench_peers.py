@@ -132,8 +132,8 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_json(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
+def run_json(cmd, env=None):
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} exited with {p.returncode}:\n{p.stderr}")
     return json.loads(p.stdout.strip().splitlines()[-1])

@@ -33,6 +33,8 @@ import subprocess
 import sys
 import time
 
+from bench_peers import cpu_model, peak_rss_mb, run_json  # shared with the text benchmark
+
 IMAGE_WIDTH, IMAGE_HEIGHT, SEED = 640, 480, 1234  # as in bench_images.rs
 POOL_MIN = 16  # as POOL_MIN in bench_images.rs
 STAGES = [("preprocess_images_per_s", "preprocess images/s"), ("forward_images_per_s", "forward images/s"),
@@ -93,15 +95,6 @@ def make_model(d):
     open(done, "w").write(f"torch {torch.__version__}, transformers {transformers.__version__}\n")
 
 
-def peak_rss_mb():
-    """VmHWM of this process in MB (not ru_maxrss, which a child inherits from its parent)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
 def torch_child(a):
     """One PyTorch process; prints one JSON line like `plinth bench --images --json`."""
     import torch
@@ -142,21 +135,6 @@ def torch_child(a):
     print(json.dumps({**{k: statistics.median(v) for k, v in rates.items()}, "peak_rss_mb": peak_rss_mb(),
                       "attention": model.config._attn_implementation,
                       "version": f"torch {torch.__version__}, transformers {transformers.__version__}"}))
-
-
-def run_json(cmd, env=None):
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} exited with {p.returncode}:\n{p.stderr}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 def main():

@@ -77,12 +77,35 @@ pub const IMAGE_TEXT: &[ImageTextArchitecture] = &[
     // New dual encoders: one line above this comment.
 ];
 
+/// An entry of one of the architecture tables, found by the names it answers to.
+trait Named: 'static {
+    fn names(&self) -> &'static [&'static str];
+}
+
+macro_rules! named {
+    ($($t:ty),*) => {$(impl Named for $t {
+        fn names(&self) -> &'static [&'static str] {
+            self.names
+        }
+    })*};
+}
+named!(Architecture, EncoderArchitecture, ImageTextArchitecture);
+
+fn find_in<T: Named>(table: &'static [T], name: &str) -> Option<&'static T> {
+    table.iter().find(|a| a.names().contains(&name))
+}
+
+/// Every name a table answers to, comma-separated.
+fn names_in<T: Named>(table: &'static [T]) -> String {
+    table.iter().flat_map(|a| a.names().iter().copied()).collect::<Vec<_>>().join(", ")
+}
+
 fn find(name: &str) -> Option<&'static Architecture> {
-    ARCHITECTURES.iter().find(|a| a.names.contains(&name))
+    find_in(ARCHITECTURES, name)
 }
 
 pub fn supported_architectures() -> String {
-    ARCHITECTURES.iter().flat_map(|a| a.names.iter().copied()).collect::<Vec<_>>().join(", ")
+    names_in(ARCHITECTURES)
 }
 
 /// Whether `name` (a `model_type` or GGUF architecture) can be loaded.
@@ -146,25 +169,19 @@ pub fn load_decoder_with(loc: &ModelLocation, opts: LoadOptions) -> Result<Loade
 }
 
 fn load_hf_dir(dir: &Path, opts: LoadOptions) -> Result<LoadedDecoder> {
-    let json = safetensors::read_config(dir)?;
-    let config_path = dir.join("config.json");
-    let model_type = json
-        .get("model_type")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| Error::missing(&config_path, "config field 'model_type'"))?
-        .to_string();
+    let (json, config_path, model_type) = read_model_type(dir)?;
     let arch = find(&model_type).ok_or_else(|| Error::format(&config_path, unknown(&model_type).to_string()))?;
     let w = Weights::Safetensors(Arc::new(SafetensorsWeights::open_dir(dir)?.with_quantize(opts.quantize)));
     Ok(LoadedDecoder { model: (arch.hf)(&json, &config_path, &w, &model_type)?, gguf: None })
 }
 
 fn find_encoder(model_type: &str) -> Option<&'static EncoderArchitecture> {
-    ENCODERS.iter().find(|a| a.names.contains(&model_type))
+    find_in(ENCODERS, model_type)
 }
 
 /// The encoder `model_type`s, comma-separated.
 pub fn supported_encoders() -> String {
-    ENCODERS.iter().flat_map(|a| a.names.iter().copied()).collect::<Vec<_>>().join(", ")
+    names_in(ENCODERS)
 }
 
 /// Whether `model_type` names an encoder (load it with [`load_encoder`]) rather than a
@@ -196,12 +213,12 @@ pub(crate) fn read_model_type(dir: &Path) -> Result<(serde_json::Value, std::pat
 }
 
 fn find_image_text(model_type: &str) -> Option<&'static ImageTextArchitecture> {
-    IMAGE_TEXT.iter().find(|a| a.names.contains(&model_type))
+    find_in(IMAGE_TEXT, model_type)
 }
 
 /// The dual-encoder `model_type`s, comma-separated.
 pub fn supported_image_text() -> String {
-    IMAGE_TEXT.iter().flat_map(|a| a.names.iter().copied()).collect::<Vec<_>>().join(", ")
+    names_in(IMAGE_TEXT)
 }
 
 /// Whether `model_type` names a dual image-text encoder (load it with [`load_image_text`]).

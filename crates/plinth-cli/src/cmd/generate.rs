@@ -3,7 +3,8 @@
 use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{Context, Result};
-use plinth_engine::{GenerateRequest, Session};
+use candle_core::Tensor;
+use plinth_engine::{GenerateOutput, GenerateRequest, Session};
 use plinth_tokenize::Message;
 use serde_json::json;
 
@@ -40,32 +41,43 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let req = GenerateRequest { prompt_ids, max_tokens: a.sampling.max_tokens, sampling, stop: a.sampling.stop.clone() };
     let mut session = Session::new(m.model.as_ref(), &m.tokenizer).with_context_limit(a.sampling.context);
-    let stdout = std::io::stdout();
-    let out = if a.json {
-        session.generate(&req, &mut |_| true)?
-    } else {
-        let mut lock = stdout.lock();
-        let out = session.generate(&req, &mut |piece| {
-            // A closed pipe (e.g. `| head`) cancels generation instead of failing.
-            lock.write_all(piece.as_bytes()).and_then(|_| lock.flush()).is_ok()
-        })?;
-        let _ = writeln!(lock);
-        out
-    };
-    if a.json {
-        let v = json!({
-            "text": out.text,
+    let out = run_and_print(&mut session, &req, None, a.json)?;
+    report(&out, a.json, json!({"text": out.text, "token_ids": out.token_ids}), "")
+}
+
+/// Runs `req` (with image tiles, for vision-language models), streaming the text to stdout
+/// unless `json` (then it is returned for one JSON object).
+pub fn run_and_print(session: &mut Session, req: &GenerateRequest, pixels: Option<&Tensor>, json: bool) -> Result<GenerateOutput> {
+    if json {
+        return Ok(session.generate_with_images(req, pixels, &mut |_| true)?);
+    }
+    let mut lock = std::io::stdout().lock();
+    let out = session.generate_with_images(req, pixels, &mut |piece| {
+        // A closed pipe (e.g. `| head`) cancels generation instead of failing.
+        lock.write_all(piece.as_bytes()).and_then(|_| lock.flush()).is_ok()
+    })?;
+    let _ = writeln!(lock);
+    Ok(out)
+}
+
+/// Prints the counts and rates of a generation: merged into `fields` as one JSON object with
+/// `json`, else a one-line summary on a terminal's stderr (after `prefix`).
+pub fn report(out: &GenerateOutput, json: bool, mut fields: serde_json::Value, prefix: &str) -> Result<()> {
+    if json {
+        let counts = json!({
             "prompt_tokens": out.prompt_tokens,
             "completion_tokens": out.completion_tokens,
-            "token_ids": out.token_ids,
             "finish_reason": out.finish_reason,
             "prefill_tok_s": round2(out.prefill_tok_s()),
             "decode_tok_s": round2(out.decode_tok_s()),
         });
-        println!("{v}");
+        if let (Some(f), Some(c)) = (fields.as_object_mut(), counts.as_object()) {
+            f.extend(c.clone());
+        }
+        println!("{fields}");
     } else if std::io::stderr().is_terminal() {
         eprintln!(
-            "[{} prompt tokens, {} generated, prefill {:.1} tok/s, decode {:.1} tok/s, finish: {:?}]",
+            "[{prefix}{} prompt tokens, {} generated, prefill {:.1} tok/s, decode {:.1} tok/s, finish: {:?}]",
             out.prompt_tokens,
             out.completion_tokens,
             out.prefill_tok_s(),

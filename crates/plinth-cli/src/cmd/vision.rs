@@ -2,7 +2,7 @@
 //! and the `--image` / `--images` forms of `embed`, `classify` and `search` (an image-text
 //! dual encoder embeds, classifies zero-shot and searches folders).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use anyhow::{Context, Result};
 use plinth_engine::{GenerateRequest, Session};
@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::cli::{ClassifyArgs, DescribeArgs, EmbedArgs, SearchArgs};
 use crate::cmd::embed::{progress_bar, read_texts};
-use crate::cmd::generate::round2;
+use crate::cmd::generate::{report, run_and_print};
 use crate::load;
 
 pub fn run_describe(a: DescribeArgs) -> Result<()> {
@@ -29,40 +29,9 @@ pub fn run_describe(a: DescribeArgs) -> Result<()> {
     let prompt_ids = m.tokenizer.encode(&text, false)?;
     let req = GenerateRequest { prompt_ids, max_tokens: a.sampling.max_tokens, sampling, stop: a.sampling.stop.clone() };
     let mut session = Session::new(m.model.as_ref(), &m.tokenizer).with_context_limit(a.sampling.context);
-    let out = if a.json {
-        session.generate_with_images(&req, pixels.as_ref(), &mut |_| true)?
-    } else {
-        let mut lock = std::io::stdout().lock();
-        let out = session.generate_with_images(&req, pixels.as_ref(), &mut |piece| {
-            lock.write_all(piece.as_bytes()).and_then(|_| lock.flush()).is_ok()
-        })?;
-        let _ = writeln!(lock);
-        out
-    };
+    let out = run_and_print(&mut session, &req, pixels.as_ref(), a.json)?;
     let tiles = pixels.as_ref().map_or(0, |p| p.dims()[0]);
-    if a.json {
-        let v = json!({
-            "text": out.text.trim(),
-            "images": a.images,
-            "image_tiles": tiles,
-            "prompt_tokens": out.prompt_tokens,
-            "completion_tokens": out.completion_tokens,
-            "finish_reason": out.finish_reason,
-            "prefill_tok_s": round2(out.prefill_tok_s()),
-            "decode_tok_s": round2(out.decode_tok_s()),
-        });
-        println!("{v}");
-    } else if std::io::stderr().is_terminal() {
-        eprintln!(
-            "[{} image tiles, {} prompt tokens, {} generated, prefill {:.1} tok/s, decode {:.1} tok/s]",
-            tiles,
-            out.prompt_tokens,
-            out.completion_tokens,
-            out.prefill_tok_s(),
-            out.decode_tok_s()
-        );
-    }
-    Ok(())
+    report(&out, a.json, json!({"text": out.text.trim(), "images": a.images, "image_tiles": tiles}), &format!("{tiles} image tiles, "))
 }
 
 /// `plinth embed --image ...`: image embeddings, and the texts given beside them in the same
