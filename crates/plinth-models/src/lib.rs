@@ -7,6 +7,7 @@
 //! [`Decoder::new_cache`] and passes it to every [`Decoder::forward`] call.
 
 pub mod config;
+pub mod diffusion;
 pub mod encoder;
 pub mod kernels;
 pub mod kv;

@@ -4,6 +4,7 @@
 pub mod bart;
 pub mod bert;
 pub mod clip;
+pub mod clip_text;
 pub mod distilbert;
 pub mod gemma2;
 pub mod gemma3;
