@@ -14,8 +14,10 @@ use plinth_models::diffusion::vae::AutoencoderKL;
 use plinth_models::models::clip_text::ClipTextModel;
 use plinth_testutil::{assert_close, fixture, max_abs_diff};
 
-/// Max |Δ| against the f32 reference.
-const TOL: f32 = 1e-4;
+/// Max |Δ| against the f32 reference. Tighter than the 1e-4 of the other parity tests: the
+/// observed error is ~2e-6, while computing GEGLU's gate with tanh-gelu instead of erf-gelu
+/// moves the UNet outputs by only ~4e-5 (outputs are O(1)).
+const TOL: f32 = 2e-5;
 
 fn reference(dir: &str) -> HashMap<String, Tensor> {
     safetensors::load(fixture(dir).join("reference.safetensors"), &Device::Cpu).unwrap()
