@@ -238,3 +238,39 @@ fn broken_weight_files_are_refused() {
     assert!(e.contains("text_projection.weight") && e.contains("[24, 32]"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Full-size timing and parity against diffusers on random weights (not committed; made by a
+/// local script that saves `<dir>/{unet,vae}/` with config, f16 weights and `io.safetensors`
+/// holding the inputs, diffusers' output). Run with
+/// `PLINTH_SD_BENCH=<dir> cargo test -p plinth-models --test diffusion_parity full_size -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn full_size_against_diffusers() {
+    let Ok(root) = std::env::var("PLINTH_SD_BENCH") else { return };
+    let root = PathBuf::from(root);
+    let time = |f: &dyn Fn() -> Tensor| {
+        let out = f();
+        let times: Vec<f64> = (0..2)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        (out, times)
+    };
+    if root.join("unet/io.safetensors").exists() {
+        let unet = UNet2DCondition::load(&root.join("unet")).unwrap();
+        let io = safetensors::load(root.join("unet/io.safetensors"), &Device::Cpu).unwrap();
+        let (out, times) = time(&|| unet.forward(&io["sample"], 999.0, &io["ehs"], None).unwrap());
+        let (d, _) = max_abs_diff(&flat(&out), &flat(&io["out"]));
+        println!("unet {:?}: {times:.2?} s, {} parameters, max |Δ| vs diffusers {d:.2e}", io["sample"].dims(), unet.parameters());
+    }
+    if root.join("vae/io.safetensors").exists() {
+        let vae = AutoencoderKL::load(&root.join("vae")).unwrap();
+        let io = safetensors::load(root.join("vae/io.safetensors"), &Device::Cpu).unwrap();
+        let (out, times) = time(&|| vae.decode(&io["latents"]).unwrap());
+        let (d, _) = max_abs_diff(&flat(&out), &flat(&io["out"]));
+        println!("vae decode {:?}: {times:.2?} s, max |Δ| vs diffusers {d:.2e}", io["latents"].dims());
+    }
+}

@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 use plinth_core::Result;
 
-use super::nn::{attention, Downsample, GroupNorm, Loader, ResnetBlock, ResnetSpec, Upsample, MAX_SCORES};
+use super::nn::{attention, geglu, Downsample, GroupNorm, Loader, ResnetBlock, ResnetSpec, Upsample, MAX_SCORES};
 use crate::layers::{LayerNorm, Linear, QLinear};
 
 /// What every attention of one UNet shares.
@@ -55,7 +55,6 @@ struct TransformerBlock {
     norm3: LayerNorm,
     ff_proj: QLinear,
     ff_out: QLinear,
-    inner: usize,
 }
 
 impl TransformerBlock {
@@ -69,7 +68,6 @@ impl TransformerBlock {
             norm3: ld.layer_norm(&format!("{p}.norm3"), dim, 1e-5)?,
             ff_proj: ld.linear(&format!("{p}.ff.net.0.proj"), 2 * inner, dim, true)?,
             ff_out: ld.linear(&format!("{p}.ff.net.2"), dim, inner, true)?,
-            inner,
         })
     }
 
@@ -80,7 +78,7 @@ impl TransformerBlock {
         let x = (&x + self.attn2.forward(&self.norm2.forward(&x)?, ctx, b)?)?;
         // GEGLU: the projection's first half times gelu (erf) of its second half.
         let h = self.ff_proj.forward(&self.norm3.forward(&x)?)?;
-        let gated = (h.narrow(1, 0, self.inner)? * h.narrow(1, self.inner, self.inner)?.gelu_erf()?)?;
+        let gated = geglu(&h)?;
         Ok((x + self.ff_out.forward(&gated)?)?)
     }
 }
