@@ -3,6 +3,8 @@
 //! the noise schedulers that walk the latents from pure noise to an image ([`scheduler`]).
 //! The CLIP text encoders that condition the UNet live with CLIP in `models::clip_text`.
 
+pub mod nn;
 pub mod scheduler;
 pub mod unet;
+mod unet_blocks;
 pub mod vae;
