@@ -30,8 +30,7 @@ struct Refs {
 }
 
 fn refs() -> Refs {
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("schedulers/refs.json")).unwrap()).unwrap();
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(fixture("schedulers/refs.json")).unwrap()).unwrap();
     let tensors = candle_core::safetensors::load(fixture("schedulers/loops.safetensors"), &Device::Cpu).unwrap();
     Refs { meta, tensors }
 }

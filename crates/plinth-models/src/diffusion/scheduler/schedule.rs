@@ -67,12 +67,10 @@ pub(crate) fn alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
     let n = cfg.num_train_timesteps;
     let mut betas = match cfg.beta_schedule {
         BetaSchedule::Linear => torch_linspace_f32(cfg.beta_start as f32, cfg.beta_end as f32, n),
-        BetaSchedule::ScaledLinear => {
-            torch_linspace_f32(cfg.beta_start.sqrt() as f32, cfg.beta_end.sqrt() as f32, n)
-                .into_iter()
-                .map(|b| b * b)
-                .collect()
-        }
+        BetaSchedule::ScaledLinear => torch_linspace_f32(cfg.beta_start.sqrt() as f32, cfg.beta_end.sqrt() as f32, n)
+            .into_iter()
+            .map(|b| b * b)
+            .collect(),
         BetaSchedule::SquaredcosCapV2 => squaredcos_betas(n),
     };
     if cfg.rescale_betas_zero_snr {
