@@ -41,7 +41,7 @@ impl NoiseRng {
 
     /// `n` values in stream order; an odd `n` drops the second value of the last pair, so
     /// each call consumes `2 * ceil(n / 2)` draws.
-    pub fn normals(&mut self, n: usize) -> Vec<f32> {
+    fn normals(&mut self, n: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let (a, b) = self.pair();
