@@ -11,10 +11,15 @@ loops.safetensors: the inputs shared by all loops (`sample0` [1,4,8,8], pools of
 and N(0,1) noise; step i uses pool[i % POOL]) and, per case and step count,
 `{case}/{steps}/scaled` and `{case}/{steps}/prev` ([steps,1,4,8,8]): scale_model_input's output
 and prev_sample after each step, the loop fed by its own outputs like a pipeline.
+refs.json also holds `noise_seed0`/`noise_seed42`: the first values of plinth's NoiseRng (ChaCha8
+keyed by the seed's little-endian bytes, Box-Muller) from the from-the-specification ChaCha8
+below, an independent check of the Rust stream.
 Seeded: rerunning reproduces the files (given the same library versions, in refs.json).
 """
 import json
+import math
 import os
+import struct
 
 import diffusers
 import numpy as np
@@ -68,6 +73,41 @@ CLASSES = {
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
     "DDIMScheduler": DDIMScheduler,
 }
+
+
+def _chacha8_block(key: bytes, counter: int) -> list:
+    """One ChaCha block with 8 rounds (Bernstein's layout: 64-bit counter in words 12-13, zero nonce)."""
+    m = 0xFFFFFFFF
+
+    def qr(w, a, b, c, d):
+        for x, y, z, r in ((a, b, d, 16), (c, d, b, 12), (a, b, d, 8), (c, d, b, 7)):
+            w[x] = (w[x] + w[y]) & m
+            w[z] ^= w[x]
+            w[z] = ((w[z] << r) | (w[z] >> (32 - r))) & m
+
+    st = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574] + list(struct.unpack("<8I", key))
+    st += [counter & m, counter >> 32, 0, 0]
+    w = st[:]
+    for _ in range(4):
+        qr(w, 0, 4, 8, 12), qr(w, 1, 5, 9, 13), qr(w, 2, 6, 10, 14), qr(w, 3, 7, 11, 15)
+        qr(w, 0, 5, 10, 15), qr(w, 1, 6, 11, 12), qr(w, 2, 7, 8, 13), qr(w, 3, 4, 9, 14)
+    return [(a + b) & m for a, b in zip(w, st)]
+
+
+def noise_rng_normals(seed: int, n: int) -> list:
+    """plinth's NoiseRng: u64 draws (low word first), Box-Muller pairs, rounded to float32."""
+    key = struct.pack("<Q", seed) + bytes(24)
+    draws = []
+    for block in range((n + 7) // 8 + 1):
+        w = _chacha8_block(key, block)
+        draws += [w[i] | (w[i + 1] << 32) for i in range(0, 16, 2)]
+    out = []
+    for i in range(0, n, 2):
+        u1 = ((draws[i] >> 11) + 1) * 2.0**-53
+        u2 = (draws[i + 1] >> 11) * 2.0**-53
+        r = math.sqrt(-2.0 * math.log(u1))
+        out += [float(np.float32(r * math.cos(2 * math.pi * u2))), float(np.float32(r * math.sin(2 * math.pi * u2)))]
+    return out[:n]
 
 
 def tolist(t):
@@ -128,7 +168,8 @@ def main():
             "loops": loops,
             "schedules": schedules,
         })
-    meta = {"diffusers": diffusers.__version__, "torch": torch.__version__, "pool": POOL, "cases": cases}
+    meta = {"diffusers": diffusers.__version__, "torch": torch.__version__, "pool": POOL,
+            "noise_seed0": noise_rng_normals(0, 8), "noise_seed42": noise_rng_normals(42, 8), "cases": cases}
     with open(os.path.join(OUT, "refs.json"), "w") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")

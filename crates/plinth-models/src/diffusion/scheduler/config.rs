@@ -178,10 +178,7 @@ impl SchedulerConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::format(&self.source, what));
         if self.num_train_timesteps < 2 || self.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
-            return bad(format!(
-                "num_train_timesteps {} outside 2..={MAX_TRAIN_TIMESTEPS}",
-                self.num_train_timesteps
-            ));
+            return bad(format!("num_train_timesteps {} outside 2..={MAX_TRAIN_TIMESTEPS}", self.num_train_timesteps));
         }
         if self.beta_schedule != BetaSchedule::SquaredcosCapV2 {
             let ok = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
@@ -219,9 +216,7 @@ impl Reader<'_> {
         Error::format(self.path, format!("scheduler config: {key} should be {expected}, found {v}"))
     }
     fn string(&self, key: &str) -> Result<Option<String>> {
-        self.get(key)
-            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| self.wrong(key, "a string", v)))
-            .transpose()
+        self.get(key).map(|v| v.as_str().map(str::to_owned).ok_or_else(|| self.wrong(key, "a string", v))).transpose()
     }
     fn f64(&self, key: &str) -> Result<Option<f64>> {
         self.get(key).map(|v| v.as_f64().ok_or_else(|| self.wrong(key, "a number", v))).transpose()

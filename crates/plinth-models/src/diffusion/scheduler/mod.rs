@@ -130,7 +130,8 @@ impl Scheduler {
     }
 
     fn new_euler(kind: SchedulerKind, cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let unsupported = |what: String| Err(Error::unsupported(&cfg.source, format!("{what} for the {kind} scheduler")));
+        let unsupported =
+            |what: String| Err(Error::unsupported(&cfg.source, format!("{what} for the {kind} scheduler")));
         if kind == SchedulerKind::Euler {
             for (key, on) in [
                 ("use_karras_sigmas", cfg.use_karras_sigmas),
@@ -211,7 +212,10 @@ impl Scheduler {
         if let Some(&t) = timesteps.iter().find(|&&t| t >= train as f64) {
             return Err(Error::invalid(
                 "steps",
-                format!("{steps} with steps_offset {} reaches timestep {t}, past the {train} trained", cfg.steps_offset),
+                format!(
+                    "{steps} with steps_offset {} reaches timestep {t}, past the {train} trained",
+                    cfg.steps_offset
+                ),
             ));
         }
         if cfg.prediction_type == PredictionType::Epsilon
@@ -302,7 +306,13 @@ impl Scheduler {
     /// One denoising step from step index `step` (0-based, in order). `noise` is N(0,1)
     /// shaped like `sample`, required when `needs_noise()`, else ignored. Returns the
     /// previous (less noisy) sample in `model_output`'s dtype, as diffusers does.
-    pub fn step(&mut self, model_output: &Tensor, step: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+    pub fn step(
+        &mut self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         self.check_step(step)?;
         step::check_shapes(model_output, sample, if self.needs_noise() { noise } else { None })?;
         let noise = if self.needs_noise() {

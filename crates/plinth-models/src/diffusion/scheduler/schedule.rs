@@ -6,9 +6,9 @@
 
 use super::config::{BetaSchedule, SchedulerConfig};
 
-/// torch's scalar `linspace` on float32: the step in f32, the first half counted up from
-/// `start`, the second half down from `end`. (torch's vectorized path rounds a few elements
-/// differently; the resulting sigmas still agree to ~2e-7 relative.)
+/// torch's `linspace` on float32: the step in f32, the first half counted up from `start`,
+/// the second half down from `end`, each value one fused multiply-add (what torch's
+/// vectorized CPU kernel computes on FMA hardware; checked bit for bit against torch 2.15).
 fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     if n == 1 {
         return vec![start];
@@ -16,7 +16,7 @@ fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
     (0..n)
-        .map(|i| if i < half { start + step * i as f32 } else { end - step * (n - i - 1) as f32 })
+        .map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((n - i - 1) as f32, end) })
         .collect()
 }
 
@@ -67,12 +67,10 @@ pub(crate) fn alphas_cumprod(cfg: &SchedulerConfig) -> Vec<f32> {
     let n = cfg.num_train_timesteps;
     let mut betas = match cfg.beta_schedule {
         BetaSchedule::Linear => torch_linspace_f32(cfg.beta_start as f32, cfg.beta_end as f32, n),
-        BetaSchedule::ScaledLinear => {
-            torch_linspace_f32(cfg.beta_start.sqrt() as f32, cfg.beta_end.sqrt() as f32, n)
-                .into_iter()
-                .map(|b| b * b)
-                .collect()
-        }
+        BetaSchedule::ScaledLinear => torch_linspace_f32(cfg.beta_start.sqrt() as f32, cfg.beta_end.sqrt() as f32, n)
+            .into_iter()
+            .map(|b| b * b)
+            .collect(),
         BetaSchedule::SquaredcosCapV2 => squaredcos_betas(n),
     };
     if cfg.rescale_betas_zero_snr {
