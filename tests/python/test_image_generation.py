@@ -149,7 +149,7 @@ def test_text_is_not_held_up_by_image_jobs(server, client):
     own worker and queue."""
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         t0 = time.monotonic()
-        image = pool.submit(generate, server, prompt="a long job", size="256x256", steps=60, seed=1)
+        image = pool.submit(generate, server, prompt="a long job", size="64x64", steps=30, seed=1)
         time.sleep(0.3)
         chat = client.chat.completions.create(model="smollm2", messages=JAPAN, max_tokens=4, temperature=0)
         chat_done = time.monotonic() - t0
@@ -163,7 +163,7 @@ def test_text_is_not_held_up_by_image_jobs(server, client):
 def test_full_image_queue_answers_429(server):
     """--max-image-queue 2: of four concurrent slow jobs, at least one is refused at once."""
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(generate, server, prompt="queued", size="256x256", steps=40, seed=i) for i in range(4)]
+        futures = [pool.submit(generate, server, prompt="queued", size="64x64", steps=10, seed=i) for i in range(4)]
         results = [f.result() for f in futures]
     codes = sorted(r.status_code for r in results)
     assert codes.count(200) >= 2 and 429 in codes, codes
