@@ -47,9 +47,12 @@ Usually run through scripts/bench-imagine, which builds plinth and sets up the P
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 from bench_peers import cpu_model, peak_rss_mb, run_json  # shared with the text benchmark
@@ -221,14 +224,22 @@ def flatten(r, steps):
             "text_encoder": s["text_encoder"], "peak_rss_mb": r.get("peak_rss_mb")}
 
 
+def check_settings(got, steps, size):
+    """Stops when plinth did not run what was asked (a default overriding a flag)."""
+    want = {"steps": steps, "width": size, "height": size, "guidance": 0.0, "seed": SEED}
+    wrong = {k: (got[k], v) for k, v in want.items() if k in got and got[k] != v}
+    if wrong:
+        sys.exit(f"error: plinth ran other settings than asked ((got, asked) by key): {wrong}")
+
+
 def plinth_peak_rss(cmd, env):
     """Runs plinth and returns (its JSON line, its peak RSS in MB from /proc/PID/status VmHWM)."""
-    import subprocess
-
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Files, not pipes: nothing reads the pipes while polling, and a full one would block plinth.
+    out_f, err_f = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    p = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True, env=env)
     peak, status = 0.0, f"/proc/{p.pid}/status"
-    # plinth does not report its own VmHWM; sample it while it runs (the last read before exit
-    # is the peak: VmHWM never decreases).
+    # plinth does not report its own VmHWM, and a reaped process has none: sample it every 50 ms
+    # while it runs (VmHWM only grows, so this misses at most what the last 50 ms added).
     while p.poll() is None:
         try:
             with open(status) as f:
@@ -238,7 +249,9 @@ def plinth_peak_rss(cmd, env):
         except OSError:
             pass
         time.sleep(0.05)
-    out, err = p.communicate()
+    out_f.seek(0)
+    err_f.seek(0)
+    out, err = out_f.read(), err_f.read()
     if p.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} exited with {p.returncode}:\n{err}")
     return json.loads(out.strip().splitlines()[-1]), peak
@@ -290,7 +303,7 @@ def main():
         }
         if a.dry_run:
             for e in engines:
-                print(" ".join(_quote(c) for c in cmds[e]))
+                print(shlex.join(cmds[e]))
             continue
         runs = {e: [] for e in engines}
         for i in range(a.pairs):
@@ -298,6 +311,7 @@ def main():
                 if e == "plinth":
                     r, rss = plinth_peak_rss(cmds[e], env)
                     r["peak_rss_mb"] = rss
+                    check_settings(r.get("settings", {}), n, a.size)
                 else:
                     r = run_json(cmds[e], env)
                 runs[e].append(r)
@@ -339,11 +353,6 @@ def main():
             print(row)
     print("every row is lower-is-better; a ratio below 1 favours plinth.")
     print("note: diffusers' peak RSS includes the Python interpreter and torch itself.")
-
-
-def _quote(s):
-    import shlex
-    return shlex.quote(s)
 
 
 if __name__ == "__main__":
