@@ -18,11 +18,34 @@ pub struct SafetensorsWeights {
 impl SafetensorsWeights {
     /// Opens `model.safetensors`, or every shard named by `model.safetensors.index.json`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if single.exists() {
-            vec![single]
-        } else if index.exists() {
+        Self::open_stem(dir, &["model"])
+    }
+
+    /// Opens the first of `stems` present in `dir` as `<stem>.safetensors`, as the shards of
+    /// `<stem>.safetensors.index.json`, or as the `<stem>.fp16.safetensors` variant (diffusers
+    /// folders: `&["diffusion_pytorch_model", "model"]`). Tensors load widened to the dtype
+    /// asked for. A folder with only PyTorch `.bin` weights is refused with a hint.
+    pub fn open_stem(dir: &Path, stems: &[&str]) -> Result<Self> {
+        for stem in stems {
+            for name in [format!("{stem}.safetensors"), format!("{stem}.safetensors.index.json"), format!("{stem}.fp16.safetensors")] {
+                if dir.join(&name).exists() {
+                    return Self::open_file(dir, &name);
+                }
+            }
+        }
+        if let Some(bin) = stems.iter().map(|s| format!("{s}.bin")).find(|b| dir.join(b).exists()) {
+            return Err(Error::unsupported(dir.join(bin), "PyTorch pickle weights (convert them to safetensors)"));
+        }
+        let wanted: Vec<String> = stems.iter().map(|s| format!("{s}.safetensors")).collect();
+        Err(Error::missing(dir, format!("{} (or sharded / fp16 variants)", wanted.join(" or "))))
+    }
+
+    /// `name` in `dir`: one safetensors file, or a `*.safetensors.index.json` naming shards.
+    fn open_file(dir: &Path, name: &str) -> Result<Self> {
+        let index = dir.join(name);
+        let files: Vec<PathBuf> = if !name.ends_with(".index.json") {
+            vec![index]
+        } else {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
             let json: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| Error::format(&index, e.to_string()))?;
@@ -38,8 +61,6 @@ impl SafetensorsWeights {
             shards.sort();
             shards.dedup();
             shards
-        } else {
-            return Err(Error::missing(dir, "model.safetensors or model.safetensors.index.json"));
         };
         for f in &files {
             if !f.exists() {

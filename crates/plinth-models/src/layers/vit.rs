@@ -266,6 +266,17 @@ impl Encoder {
         Ok(x)
     }
 
+    /// Like [`Self::forward`], also returning the input of the last layer (transformers'
+    /// `hidden_states[-2]`, which Stable Diffusion XL conditions on).
+    pub fn forward_with_penultimate(&self, mut x: Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let mut penultimate = x.clone();
+        for l in &self.layers {
+            penultimate = x.clone();
+            x = l.forward(&x, mask)?;
+        }
+        Ok((x, penultimate))
+    }
+
     pub fn params(&self) -> usize {
         self.layers.iter().map(|l| l.params()).sum()
     }

@@ -26,7 +26,7 @@ const VISION_DEFAULTS: TowerDefaults = TowerDefaults {
     max_positions: 0,
 };
 
-const TEXT_DEFAULTS: TowerDefaults = TowerDefaults {
+pub(crate) const TEXT_DEFAULTS: TowerDefaults = TowerDefaults {
     hidden_size: 512,
     intermediate_size: 2048,
     num_layers: 12,
