@@ -50,9 +50,7 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 from bench_peers import cpu_model, peak_rss_mb, run_json  # shared with the text benchmark
@@ -232,31 +230,6 @@ def check_settings(got, steps, size):
         sys.exit(f"error: plinth ran other settings than asked ((got, asked) by key): {wrong}")
 
 
-def plinth_peak_rss(cmd, env):
-    """Runs plinth and returns (its JSON line, its peak RSS in MB from /proc/PID/status VmHWM)."""
-    # Files, not pipes: nothing reads the pipes while polling, and a full one would block plinth.
-    out_f, err_f = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    p = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True, env=env)
-    peak, status = 0.0, f"/proc/{p.pid}/status"
-    # plinth does not report its own VmHWM, and a reaped process has none: sample it every 50 ms
-    # while it runs (VmHWM only grows, so this misses at most what the last 50 ms added).
-    while p.poll() is None:
-        try:
-            with open(status) as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        peak = max(peak, int(line.split()[1]) / 1024.0)
-        except OSError:
-            pass
-        time.sleep(0.05)
-    out_f.seek(0)
-    err_f.seek(0)
-    out, err = out_f.read(), err_f.read()
-    if p.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} exited with {p.returncode}:\n{err}")
-    return json.loads(out.strip().splitlines()[-1]), peak
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--plinth", default="target/release/plinth")
@@ -308,12 +281,10 @@ def main():
         runs = {e: [] for e in engines}
         for i in range(a.pairs):
             for e in engines:
+                # plinth imagine --json reports its own peak RSS (VmHWM), as the child does.
+                r = run_json(cmds[e], env)
                 if e == "plinth":
-                    r, rss = plinth_peak_rss(cmds[e], env)
-                    r["peak_rss_mb"] = rss
                     check_settings(r.get("settings", {}), n, a.size)
-                else:
-                    r = run_json(cmds[e], env)
                 runs[e].append(r)
                 m = flatten(r, n)
                 print(f"{n} step(s) round {i + 1}/{a.pairs} {e:9}: total {m['total']:7.2f} s  UNet "

@@ -97,7 +97,8 @@ pub fn run(a: ImagineArgs) -> Result<()> {
             println!(
                 "{}",
                 json!({"path": path, "bytes": png.len(), "settings": image.settings, "seconds": {
-                    "text_encoder": t.encode_s, "denoise": t.denoise_s, "vae_decode": t.decode_s, "total": total}})
+                    "text_encoder": t.encode_s, "denoise": t.denoise_s, "vae_decode": t.decode_s, "total": total},
+                    "peak_rss_mb": crate::cmd::bench::peak_rss_mb()})
             );
         } else {
             let s = &image.settings;
