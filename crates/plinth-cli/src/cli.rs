@@ -34,6 +34,13 @@ pub enum Command {
     /// Describe an image, or answer --prompt about it, with a vision-language model
     /// (SmolVLM / Idefics3 directory as --model).
     Describe(DescribeArgs),
+    /// Generate images from a text prompt with a Stable Diffusion-family model (a diffusers
+    /// folder or Hub repository: SD 1.5 / 2.1, SD-Turbo, SDXL-Turbo).
+    ///
+    /// The same --seed gives the same PNG on the same machine; the prompt, seed and settings
+    /// are written into the PNG's text metadata. Turbo models default to 1 step without
+    /// guidance; others to 30 steps with guidance 7.5 (SDXL 5.0).
+    Imagine(ImagineArgs),
     /// Describe a model: architecture, size, tensor types, tokenizer, what it can do.
     Inspect(InspectArgs),
     /// Download a known model into the cache ($PLINTH_HOME), or a Hugging Face repository.
@@ -362,6 +369,49 @@ pub struct DescribeArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ImagineArgs {
+    /// What the image should show.
+    #[arg(value_name = "PROMPT")]
+    pub prompt: String,
+    /// A diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
+    /// scheduler/) or a Hugging Face repository `org/name` (downloaded when missing).
+    #[arg(short, long, env = "PLINTH_IMAGE_MODEL", default_value = "stabilityai/sd-turbo")]
+    pub model: String,
+    /// The PNG to write; with --count N > 1, `NAME-1.png`, `NAME-2.png`, ... follow it.
+    #[arg(short, long, default_value = "image.png")]
+    pub output: PathBuf,
+    /// What the image should not show (needs --guidance above 1).
+    #[arg(long, value_name = "TEXT")]
+    pub negative: Option<String>,
+    /// Denoising steps (default: 1 for Turbo models, else 30).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale; 0 or 1 turns it off (default: 0 for Turbo models, 7.5
+    /// for SD, 5.0 for SDXL).
+    #[arg(long, short = 'g', allow_negative_numbers = true)]
+    pub guidance: Option<f64>,
+    /// Random seed (default: a fresh one, printed so the image can be made again).
+    #[arg(long, short = 's')]
+    pub seed: Option<u64>,
+    /// Width in pixels, a multiple of 8 (default: the model's native size).
+    #[arg(long, short = 'W')]
+    pub width: Option<usize>,
+    /// Height in pixels, a multiple of 8 (default: the model's native size).
+    #[arg(long, short = 'H')]
+    pub height: Option<usize>,
+    /// Noise scheduler: euler-a (Euler ancestral), euler or ddim (default: the model's own,
+    /// or ddim where that one is not implemented).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// How many images; image i uses seed + i.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Print one JSON object per image (path, seed, settings, timings) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArg,
@@ -453,7 +503,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PLINTH_PORT", default_value_t = 8080)]
     pub port: u16,
     /// A model to serve: a .gguf file, a model directory, a known name or a Hugging Face
-    /// repository. Repeatable; in the environment variable, comma-separated.
+    /// repository. Repeatable; in the environment variable, comma-separated. Encoders serve
+    /// /v1/embeddings, diffusers pipelines (Stable Diffusion) /v1/images/generations.
     #[arg(short, long = "model", env = "PLINTH_MODEL", value_delimiter = ',', default_value = plinth_io::catalog::DEFAULT_LLM)]
     pub models: Vec<String>,
     /// The name clients use for the model in the same position (default: the known name,
@@ -482,6 +533,10 @@ pub struct ServeArgs {
     /// Largest accepted image file, in bytes (decoded images are also limited to 50 megapixels).
     #[arg(long, env = "PLINTH_MAX_IMAGE_BYTES", default_value_t = 20 * 1024 * 1024)]
     pub max_image_bytes: usize,
+    /// Image-generation jobs each text-to-image model holds (running and waiting) before
+    /// answering 429. Image jobs run on their own thread, never in the text engine's slots.
+    #[arg(long, env = "PLINTH_MAX_IMAGE_QUEUE", default_value_t = 16)]
+    pub max_image_queue: usize,
     /// Sequences decoded together per model.
     #[arg(long, env = "PLINTH_MAX_RUNNING", default_value_t = 16)]
     pub max_running: usize,

@@ -38,6 +38,8 @@ pub enum Task {
     ImageToText,
     /// Classifying images into labels named at request time.
     ZeroShotImageClassification,
+    /// Generating images from a text prompt.
+    TextToImage,
 }
 
 /// The user-facing description of a loaded model.
@@ -119,6 +121,17 @@ impl ModelCard {
             inputs: vec![Modality::Image, Modality::Text],
             outputs: vec![Modality::Text],
             tasks: vec![Task::ImageToText, Task::Chat, Task::QuestionAnswering, Task::TextGeneration],
+        }
+    }
+
+    /// A latent diffusion pipeline (Stable Diffusion family): a text prompt in, an image out.
+    pub fn text_to_image(architecture: &str) -> Self {
+        ModelCard {
+            architecture: architecture.to_string(),
+            family: "latent diffusion",
+            inputs: vec![Modality::Text],
+            outputs: vec![Modality::Image],
+            tasks: vec![Task::TextToImage],
         }
     }
 

@@ -17,10 +17,12 @@
 //! by a few levels (see the `jpeg_decode_is_close_to_pillow` test).
 
 pub mod decode;
+pub mod encode;
 pub mod processor;
 pub mod resample;
 
 pub use decode::{decode_image, load_image, ImageLimits};
+pub use encode::{encode_png, png_text};
 pub use image::RgbImage;
 pub use processor::{ImageProcessor, ProcessedImage, ProcessorKind, Size};
 pub use resample::{resize, Filter};

@@ -131,7 +131,7 @@ pub fn cached_snapshot(repo: &str) -> Option<PathBuf> {
     let root = hf_hub_cache().join(format!("models--{}", repo.replace('/', "--")));
     let commit = std::fs::read_to_string(root.join("refs/main")).ok()?;
     let snap = root.join("snapshots").join(commit.trim());
-    snap.join("config.json").exists().then_some(snap)
+    (snap.join("config.json").exists() || snap.join("model_index.json").exists()).then_some(snap)
 }
 
 fn resolve_hub(repo: &str, opts: FetchOptions) -> Result<ModelLocation> {
@@ -173,6 +173,32 @@ fn wanted(file: &str) -> bool {
         || file.starts_with("1_Pooling/")
 }
 
+/// Files of a diffusers pipeline repository (`model_index.json` at the top, one folder per
+/// component) that plinth needs: configs, tokenizers and one safetensors weight file per
+/// component — the half-size `.fp16` variant where the repository has one (plinth computes in
+/// f32 either way, and f16 -> f32 is exact), else the full one.
+fn wanted_diffusers(files: &[String]) -> Vec<String> {
+    let config = |f: &str| {
+        f == "model_index.json"
+            || f.ends_with("/config.json")
+            || f.ends_with("/scheduler_config.json")
+            || ["/vocab.json", "/merges.txt", "/tokenizer_config.json", "/special_tokens_map.json", "/tokenizer.json"]
+                .iter()
+                .any(|t| f.ends_with(t))
+    };
+    let mut out: Vec<String> = files.iter().filter(|f| f.matches('/').count() <= 1 && config(f)).cloned().collect();
+    let has = |f: &str| files.iter().any(|x| x == f);
+    for f in files {
+        let Some((dir, name)) = f.split_once('/') else { continue };
+        for stem in ["diffusion_pytorch_model", "model"] {
+            if name == format!("{stem}.fp16.safetensors") || (name == format!("{stem}.safetensors") && !has(&format!("{dir}/{stem}.fp16.safetensors"))) {
+                out.push(f.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Downloads a safetensors repository into the Hugging Face cache (standard layout, so other
 /// tools share it) with a progress bar per file; returns the snapshot directory.
 pub fn pull_hub(repo: &str, opts: FetchOptions) -> Result<PathBuf> {
@@ -184,14 +210,17 @@ pub fn pull_hub(repo: &str, opts: FetchOptions) -> Result<PathBuf> {
     let api = ApiBuilder::from_env().with_cache_dir(hf_hub_cache()).with_progress(opts.progress).build().map_err(fail)?;
     let r = api.model(repo.to_string());
     let info = r.info().map_err(fail)?;
-    let files: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).filter(|f| wanted(f)).collect();
-    if !files.iter().any(|f| f == "config.json") {
+    let all: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
+    let diffusers = all.iter().any(|f| f == "model_index.json");
+    let files: Vec<String> = if diffusers { wanted_diffusers(&all) } else { all.into_iter().filter(|f| wanted(f)).collect() };
+    let top = if diffusers { "model_index.json" } else { "config.json" };
+    if !files.iter().any(|f| f == top) {
         return Err(Error::Fetch { name: repo.to_string(), why: "the repository has no config.json (not a transformers model?)".into() });
     }
     let mut dir = None;
     for f in &files {
         let p = r.get(f).map_err(fail)?;
-        if f == "config.json" {
+        if f == top {
             dir = p.parent().map(Path::to_path_buf);
         }
     }
@@ -410,6 +439,49 @@ mod tests {
         assert!(wanted("model-00001-of-00002.safetensors") && wanted("config.json") && !wanted("pytorch_model.bin"));
         // Vision models need their image processor and (SmolVLM) the processor's chat template.
         assert!(wanted("preprocessor_config.json") && wanted("chat_template.json") && wanted("processor_config.json"));
+    }
+
+    #[test]
+    fn diffusers_repos_fetch_configs_tokenizers_and_one_weight_file_per_component() {
+        let files: Vec<String> = [
+            "model_index.json",
+            "README.md",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+            "text_encoder/config.json",
+            "text_encoder/model.safetensors",
+            "text_encoder/model.fp16.safetensors",
+            "text_encoder/pytorch_model.bin",
+            "tokenizer/vocab.json",
+            "tokenizer/merges.txt",
+            "tokenizer/tokenizer_config.json",
+            "scheduler/scheduler_config.json",
+            "sd_turbo.safetensors",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut got = wanted_diffusers(&files);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "model_index.json",
+                "scheduler/scheduler_config.json",
+                "text_encoder/config.json",
+                "text_encoder/model.fp16.safetensors",
+                "tokenizer/merges.txt",
+                "tokenizer/tokenizer_config.json",
+                "tokenizer/vocab.json",
+                "unet/config.json",
+                "unet/diffusion_pytorch_model.fp16.safetensors",
+                "vae/config.json",
+                "vae/diffusion_pytorch_model.safetensors",
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Owns binding the socket, one continuous-batching [`Engine`] per served decoder and one
 //! embedding batcher per served encoder, the routes (`POST /v1/chat/completions`,
-//! `POST /v1/completions`, `POST /v1/embeddings`, `POST /v1/rerank`, `GET /v1/models`,
+//! `POST /v1/completions`, `POST /v1/embeddings`, `POST /v1/rerank`,
+//! `POST /v1/images/generations` (on one worker thread per text-to-image model), `GET /v1/models`,
 //! `GET /health`, `GET /metrics`) and graceful shutdown. Request parsing lives in `request`
 //! (encoder requests in `encode`), response shapes in `response`, streaming in `stream`, the
 //! single error-to-status mapping in `error`, CORS / API key / request counting in `gate`,
@@ -15,6 +16,7 @@ mod adapters;
 mod encode;
 mod error;
 mod gate;
+mod imagegen;
 mod images;
 mod metrics;
 mod request;
@@ -61,6 +63,9 @@ pub struct ServerConfig {
     pub adapters: Vec<(String, PathBuf)>,
     /// Where chat images may come from, and their limits.
     pub images: ImagePolicy,
+    /// Image-generation jobs each text-to-image model holds (running and waiting) before
+    /// refusing more with 429.
+    pub max_image_queue: usize,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +79,7 @@ impl Default for ServerConfig {
             engine: EngineConfig::default(),
             adapters: Vec::new(),
             images: ImagePolicy::default(),
+            max_image_queue: 16,
         }
     }
 }
@@ -94,6 +100,21 @@ pub struct EncoderSpec {
     pub model: plinth_tasks::EncoderModel,
 }
 
+/// A loaded text-to-image pipeline to serve under `name` (`/v1/images/generations`).
+pub struct ImageModelSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub pipeline: plinth_tasks::imagine::TextToImage,
+}
+
+/// Everything a server serves: decoders, encoders and text-to-image pipelines.
+#[derive(Default)]
+pub struct Served {
+    pub models: Vec<ModelSpec>,
+    pub encoders: Vec<EncoderSpec>,
+    pub generators: Vec<ImageModelSpec>,
+}
+
 /// What the server says about a model it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
@@ -101,7 +122,7 @@ pub struct ModelInfo {
     pub path: PathBuf,
     /// Context window (decoders) or longest input (encoders), in tokens.
     pub context: usize,
-    /// `"decoder"` or `"encoder"`.
+    /// `"decoder"`, `"encoder"` or `"text-to-image"`.
     pub family: &'static str,
 }
 
@@ -112,8 +133,11 @@ pub struct Server {
     state: Arc<state::AppState>,
 }
 
-fn check_config(config: &ServerConfig, models: &[ModelSpec], encoders: &[EncoderSpec]) -> Result<()> {
-    let all: Vec<(&str, &PathBuf)> = models.iter().map(|m| (m.name.as_str(), &m.path)).chain(encoders.iter().map(|e| (e.name.as_str(), &e.path))).collect();
+fn check_config(config: &ServerConfig, served: &Served) -> Result<()> {
+    let all: Vec<(&str, &PathBuf)> = (served.models.iter().map(|m| (m.name.as_str(), &m.path)))
+        .chain(served.encoders.iter().map(|e| (e.name.as_str(), &e.path)))
+        .chain(served.generators.iter().map(|g| (g.name.as_str(), &g.path)))
+        .collect();
     if all.is_empty() {
         return Err(Error::invalid("--model", "at least one model is needed"));
     }
@@ -126,7 +150,13 @@ fn check_config(config: &ServerConfig, models: &[ModelSpec], encoders: &[Encoder
         }
     }
     let e = &config.engine;
-    for (flag, v) in [("--max-running", e.max_running), ("--max-queue", e.max_queue), ("prefill chunk", e.prefill_chunk), ("--max-body-bytes", config.max_body_bytes)] {
+    for (flag, v) in [
+        ("--max-running", e.max_running),
+        ("--max-queue", e.max_queue),
+        ("prefill chunk", e.prefill_chunk),
+        ("--max-body-bytes", config.max_body_bytes),
+        ("--max-image-queue", config.max_image_queue),
+    ] {
         if v == 0 {
             return Err(Error::invalid(flag, "must be at least 1"));
         }
@@ -138,10 +168,11 @@ fn check_config(config: &ServerConfig, models: &[ModelSpec], encoders: &[Encoder
 }
 
 impl Server {
-    /// Checks the settings, binds the socket and starts one engine per decoder and one
-    /// batching service per encoder.
-    pub async fn bind(config: ServerConfig, models: Vec<ModelSpec>, encoders: Vec<EncoderSpec>) -> Result<Server> {
-        check_config(&config, &models, &encoders)?;
+    /// Checks the settings, binds the socket and starts one engine per decoder, one
+    /// batching service per encoder and one image worker per text-to-image pipeline.
+    pub async fn bind(config: ServerConfig, served: Served) -> Result<Server> {
+        check_config(&config, &served)?;
+        let Served { models, encoders, generators } = served;
         let cors = match config.cors.as_deref() {
             Some(spec) => Some(gate::Cors::parse(spec).ok_or_else(|| Error::invalid("--cors", "names no origin (give * or a list of origins)"))?),
             None => None,
@@ -188,9 +219,21 @@ impl Server {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let generators = generators
+            .into_iter()
+            .map(|g| {
+                Ok(state::GeneratorState {
+                    service: plinth_tasks::imagine::ImagineService::start(Arc::new(g.pipeline), config.max_image_queue)?,
+                    name: g.name,
+                    path: g.path,
+                    created,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let state = state::AppState {
             models,
             encoders,
+            generators,
             adapters: Default::default(),
             requests: Default::default(),
             api_key: config.api_key,
@@ -221,7 +264,13 @@ impl Server {
             context: e.service.model().tokenizer.max_len(),
             family: "encoder",
         });
-        decoders.chain(encoders).collect()
+        let generators = s.generators.iter().map(|g| ModelInfo {
+            name: g.name.clone(),
+            path: g.path.clone(),
+            context: g.service.pipeline().info().text_max_tokens,
+            family: "text-to-image",
+        });
+        decoders.chain(encoders).chain(generators).collect()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests
@@ -282,10 +331,10 @@ pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
 /// Runs the server on its own tokio runtime until SIGTERM or Ctrl-C. `on_ready` is called
 /// once the socket is bound and the signal handlers are installed (a binary prints its
 /// banner there).
-pub fn serve(config: ServerConfig, models: Vec<ModelSpec>, encoders: Vec<EncoderSpec>, on_ready: impl FnOnce(&Server)) -> Result<()> {
+pub fn serve(config: ServerConfig, served: Served, on_ready: impl FnOnce(&Server)) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Error::io("tokio runtime", e))?;
     rt.block_on(async move {
-        let server = Server::bind(config, models, encoders).await?;
+        let server = Server::bind(config, served).await?;
         let signal = shutdown_signal()?;
         on_ready(&server);
         server.run(signal).await

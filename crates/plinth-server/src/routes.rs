@@ -22,7 +22,7 @@ use crate::metrics::{self, ModelView, TokenTimer};
 use crate::request::{Endpoint, GenRequest};
 use crate::response::{self, Choice, Meta};
 use crate::state::AppState;
-use crate::{adapters, encode, gate, stream};
+use crate::{adapters, encode, gate, imagegen, stream};
 
 /// The id the scheduler gives the final flush of held-back text, which is no sampled token
 /// and so has no timing or log-probability of its own.
@@ -35,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(encode::embeddings))
         .route("/v1/rerank", post(encode::rerank))
         .route("/rerank", post(encode::rerank))
+        .route("/v1/images/generations", post(imagegen::generations))
         .route("/v1/adapters", get(adapters::list).post(adapters::load))
         .route("/v1/adapters/{name}", axum::routing::delete(adapters::unload))
         .route("/v1/models", get(models))
@@ -66,6 +67,7 @@ async fn models(State(s): State<Arc<AppState>>) -> Response {
         .iter()
         .map(|m| model_object(&m.name, m.created))
         .chain(s.encoders.iter().map(|e| model_object(&e.name, e.created)))
+        .chain(s.generators.iter().map(|g| model_object(&g.name, g.created)))
         .chain(s.adapters.read().unwrap_or_else(|p| p.into_inner()).iter().map(|a| {
             let mut o = model_object(&a.name, a.created);
             o["parent"] = json!(s.models[a.model].name);
@@ -78,6 +80,9 @@ async fn models(State(s): State<Arc<AppState>>) -> Response {
 async fn model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     if let Some(e) = s.encoders.iter().find(|e| e.name == id) {
         return Ok(json_response(StatusCode::OK, &model_object(&e.name, e.created)));
+    }
+    if let Some(g) = s.generators.iter().find(|g| g.name == id) {
+        return Ok(json_response(StatusCode::OK, &model_object(&g.name, g.created)));
     }
     if let Some(a) = s.adapters.read().unwrap_or_else(|p| p.into_inner()).iter().find(|a| a.name == id) {
         let mut o = model_object(&a.name, a.created);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use plinth_engine::Engine;
 use candle_core::Tensor;
+use plinth_tasks::imagine::ImagineService;
 use plinth_tasks::{EmbedService, ImagePrompter};
 use plinth_tokenize::{ChatTemplate, Tokenizer};
 
@@ -18,6 +19,8 @@ use crate::request::{ImageRef, Prompt};
 pub struct AppState {
     pub models: Vec<ModelState>,
     pub encoders: Vec<EncoderState>,
+    /// Text-to-image pipelines, each with its own worker thread and queue.
+    pub generators: Vec<GeneratorState>,
     /// LoRA adapters served on top of `models`, by name.
     pub adapters: std::sync::RwLock<Vec<AdapterState>>,
     pub requests: RequestCounter,
@@ -61,6 +64,14 @@ pub struct EncoderState {
     pub service: EmbedService,
 }
 
+/// A served text-to-image pipeline.
+pub struct GeneratorState {
+    pub name: String,
+    pub path: PathBuf,
+    pub created: u64,
+    pub service: ImagineService,
+}
+
 impl AppState {
     /// The decoder and adapter slot a request's `model` names: an adapter's name, else a
     /// model's (without adapter).
@@ -80,6 +91,8 @@ impl AppState {
             .ok_or_else(|| {
                 if self.encoders.iter().any(|e| e.name.eq_ignore_ascii_case(name)) {
                     ApiError::invalid("model", format!("'{name}' is an encoder model (embeddings, reranking); it cannot generate text"))
+                } else if self.generators.iter().any(|g| g.name.eq_ignore_ascii_case(name)) {
+                    ApiError::invalid("model", format!("'{name}' is a text-to-image model; use POST /v1/images/generations"))
                 } else {
                     ApiError::ModelNotFound(name.to_string())
                 }

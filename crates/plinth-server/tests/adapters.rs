@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use candle_core::Tensor;
 use common::{http, smollm2, KEY};
-use plinth_server::{Server, ServerConfig};
+use plinth_server::{Server, ServerConfig, Served};
 use plinth_train::{peft, LoraConfig, LoraSet};
 use serde_json::{json, Value};
 
@@ -37,7 +37,7 @@ fn server() -> SocketAddr {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 let config = ServerConfig { port: 0, api_key: Some(KEY.into()), adapters: vec![("tuned".into(), adapter)], ..ServerConfig::default() };
-                let server = Server::bind(config, vec![smollm2("smollm2")], vec![]).await.unwrap();
+                let server = Server::bind(config, Served { models: vec![smollm2("smollm2")], ..Default::default() }).await.unwrap();
                 tx.send(server.local_addr()).unwrap();
                 server.run(std::future::pending()).await.unwrap();
             });

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use common::{http, post, sse_events, smollm2, KEY};
 use plinth_engine::EngineConfig;
-use plinth_server::{Server, ServerConfig};
+use plinth_server::{Server, ServerConfig, Served};
 use serde_json::{json, Value};
 
 const LIMIT: usize = 64 * 1024;
@@ -30,7 +30,7 @@ fn server() -> SocketAddr {
                     engine: EngineConfig { max_running: 8, max_queue: 64, prefill_chunk: 256 },
                     ..ServerConfig::default()
                 };
-                let server = Server::bind(config, vec![smollm2("smollm2"), smollm2("second")], vec![]).await.unwrap();
+                let server = Server::bind(config, Served { models: vec![smollm2("smollm2"), smollm2("second")], ..Default::default() }).await.unwrap();
                 tx.send(server.local_addr()).unwrap();
                 server.run(std::future::pending()).await.unwrap();
             });

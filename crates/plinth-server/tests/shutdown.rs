@@ -6,13 +6,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{http, smollm2};
-use plinth_server::{Server, ServerConfig};
+use plinth_server::{Server, ServerConfig, Served};
 use serde_json::json;
 
 #[test]
 fn shutdown_ends_in_flight_streams_and_returns() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let server = rt.block_on(Server::bind(ServerConfig { port: 0, ..ServerConfig::default() }, vec![smollm2("m")], vec![])).unwrap();
+    let server = rt.block_on(Server::bind(ServerConfig { port: 0, ..ServerConfig::default() }, Served { models: vec![smollm2("m")], ..Default::default() })).unwrap();
     let addr = server.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = rt.spawn(server.run(async move {

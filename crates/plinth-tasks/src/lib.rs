@@ -11,13 +11,15 @@
 //! log-likelihoods ([`zeroshot`]). Encoder-decoder models (Marian, T5, BART) with their
 //! tokenizers ([`seq2seq`]) translate and summarize through the same splitter. Images:
 //! dual encoders (CLIP, SigLIP) embed, classify zero-shot and search folders
-//! ([`image_text`]); vision-language decoders get their image prompts from [`vlm`].
+//! ([`image_text`]); vision-language decoders get their image prompts from [`vlm`]; Stable
+//! Diffusion-family pipelines generate images from text ([`imagine`]).
 
 pub mod answer;
 pub mod chunk;
 pub mod classify;
 pub mod embed;
 pub mod image_text;
+pub mod imagine;
 pub mod model;
 pub mod ner;
 pub mod qa;

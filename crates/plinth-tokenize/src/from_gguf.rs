@@ -157,6 +157,7 @@ pub(crate) fn build(g: &GgufFile) -> Result<Tokenizer> {
 
     Ok(Tokenizer {
         special: collect_special(&inner),
+        pad: None,
         vocab_size: inner.get_vocab_size(true),
         inner,
         bos,

@@ -12,7 +12,30 @@ use crate::tokenizer::{collect_special, Tokenizer, EOG_TEXTS};
 
 pub(crate) fn load(path: &Path) -> Result<Tokenizer> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
+    build(&bytes, path)
+}
+
+/// The tokenizer in a Hugging Face folder: `tokenizer.json` when there is one, else the slow
+/// `vocab.json` + `merges.txt` pair of a `CLIPTokenizer` (what diffusers checkpoints ship).
+pub(crate) fn load_dir(dir: &Path) -> Result<Tokenizer> {
+    let json = dir.join("tokenizer.json");
+    if json.exists() {
+        return load(&json);
+    }
+    let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+    let class = config["tokenizer_class"].as_str().unwrap_or("");
+    if dir.join("vocab.json").exists() && dir.join("merges.txt").exists() && (class.is_empty() || class.starts_with("CLIPTokenizer")) {
+        return build(&crate::clip_bpe::tokenizer_json(dir, &config)?, &dir.join("vocab.json"));
+    }
+    Err(Error::missing(
+        dir,
+        "tokenizer.json (or, for a CLIPTokenizer, vocab.json and merges.txt); other slow-tokenizer formats need converting with transformers first",
+    ))
+}
+
+/// `bytes` is a `tokenizer.json`; `path` names it in errors and locates its sibling files.
+fn build(bytes: &[u8], path: &Path) -> Result<Tokenizer> {
+    let mut inner = tokenizers::Tokenizer::from_bytes(bytes)
         .map_err(|e| Error::format(path, format!("not a usable tokenizer.json: {e}")))?;
     // A tokenizer.json may carry batch settings (sentence-transformers repos ship padding to a
     // fixed 128 and truncation at 128). transformers switches both off for a plain
@@ -28,6 +51,7 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer> {
     let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Json::Null);
 
     let bos_token = token_field(&config["bos_token"]);
+    let pad = token_field(&config["pad_token"]).and_then(|t| inner.token_to_id(&t));
     let eos_token = token_field(&config["eos_token"]);
     let bos = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
     let mut eos: Vec<u32> = Vec::new();
@@ -84,6 +108,7 @@ pub(crate) fn load(path: &Path) -> Result<Tokenizer> {
         chat_template,
         bos_token,
         eos_token,
+        pad,
         vocab_size: inner.get_vocab_size(true),
         inner,
     })
@@ -101,7 +126,7 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
 }
 
 /// `"<s>"` or `{"content": "<s>", ...}` (the AddedToken form).
-fn token_field(v: &Json) -> Option<String> {
+pub(crate) fn token_field(v: &Json) -> Option<String> {
     match v {
         Json::String(s) => Some(s.clone()),
         Json::Object(o) => o.get("content").and_then(Json::as_str).map(str::to_owned),

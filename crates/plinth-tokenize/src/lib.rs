@@ -7,6 +7,7 @@
 //! implementation token for token.
 
 mod chat;
+mod clip_bpe;
 mod detok;
 mod from_gguf;
 mod from_hf;

@@ -19,6 +19,8 @@ pub struct Tokenizer {
     pub(crate) chat_template: Option<String>,
     pub(crate) bos_token: Option<String>,
     pub(crate) eos_token: Option<String>,
+    /// `tokenizer_config.json`'s `pad_token`, where it names a known token.
+    pub(crate) pad: Option<u32>,
     /// Special (control) tokens, sorted by id.
     pub(crate) special: Vec<(String, u32)>,
     /// `inner.get_vocab_size(true)`, computed once: tokenizers builds the whole vocabulary map
@@ -54,6 +56,36 @@ impl Tokenizer {
     /// and BOS/EOS policy when present.
     pub fn from_file(tokenizer_json: &Path) -> Result<Self> {
         crate::from_hf::load(tokenizer_json)
+    }
+
+    /// The tokenizer in a Hugging Face folder: `tokenizer.json`, or for a `CLIPTokenizer` the
+    /// `vocab.json` + `merges.txt` pair diffusers checkpoints ship.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        crate::from_hf::load_dir(dir)
+    }
+
+    /// The padding id the tokenizer's config names, if any.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad
+    }
+
+    /// `text` as exactly `len` ids, the way diffusers feeds CLIP text encoders
+    /// (`padding="max_length", truncation=True`): with BOS/EOS, cut to `len` keeping the final
+    /// EOS, then padded with `pad`. Returns the ids and how many were real (before padding).
+    pub fn encode_fixed(&self, text: &str, len: usize, pad: u32) -> Result<(Vec<u32>, usize)> {
+        let mut ids = self.encode(text, true)?;
+        if ids.len() > len {
+            let last = ids.last().copied();
+            ids.truncate(len);
+            if let (Some(l), Some(slot)) = (last, ids.last_mut()) {
+                if self.eos.contains(&l) {
+                    *slot = l;
+                }
+            }
+        }
+        let real = ids.len();
+        ids.resize(len, pad);
+        Ok((ids, real))
     }
 
     /// Encodes `text`. Special-token text in `text` (e.g. `<|im_start|>`) always becomes the

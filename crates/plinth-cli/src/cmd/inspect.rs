@@ -173,6 +173,43 @@ fn dir_report(dir: &std::path::Path, quantize: Option<&str>) -> Result<Report> {
     })
 }
 
+/// A diffusers pipeline folder: every component's weights counted together, the pipeline class
+/// as the architecture, the text encoder's token limit as the context.
+fn diffusers_report(dir: &std::path::Path) -> Result<Report> {
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("model_index.json"))?)
+        .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", dir.join("model_index.json").display()))?;
+    let arch = index["_class_name"].as_str().unwrap_or("unknown").to_string();
+    let mut infos = Vec::new();
+    for part in ["unet", "vae", "text_encoder", "text_encoder_2"] {
+        let sub = dir.join(part);
+        if sub.is_dir() {
+            infos.extend(SafetensorsWeights::open_stem(&sub, &["diffusion_pytorch_model", "model"])?.infos());
+        }
+    }
+    let text = read_config(&dir.join("text_encoder")).ok();
+    let num = |k: &str| text.as_ref().and_then(|c| c.get(k)).and_then(|v| v.as_u64()).map(|v| v as usize);
+    let card = ModelCard::text_to_image(&arch);
+    Ok(Report {
+        path: dir.display().to_string(),
+        format: "diffusers",
+        supported: ["StableDiffusionPipeline", "StableDiffusionXLPipeline"].contains(&arch.as_str()),
+        parameters: infos.iter().map(|i| i.2.iter().product::<usize>()).sum(),
+        file_bytes: infos.iter().map(|i| i.3).sum(),
+        context_length: num("max_position_embeddings"),
+        vocab_size: num("vocab_size"),
+        layers: None,
+        hidden_size: None,
+        tensor_types: shares(infos.iter().map(|i| (i.1.clone(), i.3))),
+        memory_bytes: infos.iter().map(|i| i.2.iter().product::<usize>() * 4).sum(),
+        quantize: None,
+        special_tokens: Vec::new(),
+        has_chat_template: false,
+        is_llm: card.is_llm(),
+        card,
+        architecture: arch,
+    })
+}
+
 pub fn run(a: InspectArgs) -> Result<()> {
     let loc = load::resolve(&a.model)?;
     let r = match &loc {
@@ -180,6 +217,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             anyhow::bail!("--quantize applies to safetensors models; {} is a GGUF file and already quantized", loc.path().display())
         }
         ModelLocation::Gguf(p) => gguf_report(&GgufFile::open(p)?)?,
+        ModelLocation::Dir(d) if plinth_tasks::imagine::is_text_to_image_dir(d) => diffusers_report(d)?,
         ModelLocation::Dir(d) => dir_report(d, a.quantize.as_deref())?,
     };
     if a.json {
@@ -196,7 +234,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         Some(q) => println!("in memory      {:.1} MB with --quantize {q}", r.memory_bytes as f64 / 1e6),
         None => println!("in memory      {:.1} MB", r.memory_bytes as f64 / 1e6),
     }
-    println!("context        {} tokens", opt(r.context_length));
+    println!("context        {} tokens{}", opt(r.context_length), if r.format == "diffusers" { " (prompt, read by the text encoder)" } else { "" });
     println!("vocabulary     {}", opt(r.vocab_size));
     println!("layers         {}   hidden size {}", opt(r.layers), opt(r.hidden_size));
     println!("tensor types");
@@ -213,9 +251,12 @@ pub fn run(a: InspectArgs) -> Result<()> {
         "encoder-decoder" => "T5/BART-style: rewrites one text into another",
         "dual-encoder" => "CLIP-style: images and texts embedded in one space",
         "vision-language decoder" => "reads images and text, generates text",
+        "latent diffusion" => "Stable Diffusion-style: generates images from text",
         _ => "GPT-style: generates text",
     };
     println!("  family       {} ({style})", r.card.family);
+    let plus = |v: &[plinth_core::Modality]| v.iter().map(|m| format!("{m:?}").to_lowercase()).collect::<Vec<_>>().join(" + ");
+    println!("  modality     {} → {}", plus(&r.card.inputs), plus(&r.card.outputs));
     println!("  input        {}", names(&r.card.inputs));
     println!("  output       {}", names(&r.card.outputs));
     let tasks: Vec<String> = r.card.tasks.iter().map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()).collect();

@@ -9,6 +9,7 @@ mod embed;
 mod eval;
 mod generate;
 mod heads;
+mod imagine;
 mod inspect;
 mod merge;
 mod pull;
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Chat(a) => chat::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Describe(a) => vision::run_describe(a),
+        Command::Imagine(a) => imagine::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Pull(a) => pull::run(a),
         Command::Bench(a) => bench::run(a),

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use plinth_engine::EngineConfig;
-use plinth_server::{EncoderSpec, ImageLimits, ImagePolicy, ModelSpec, ServerConfig};
+use plinth_server::{EncoderSpec, ImageLimits, ImageModelSpec, ImagePolicy, ModelSpec, ServerConfig, Served};
 
 use crate::cli::{ModelArg, ServeArgs};
 use crate::load;
@@ -76,20 +76,26 @@ pub fn run(a: ServeArgs) -> Result<()> {
         engine: EngineConfig { max_running: a.max_running, max_queue: a.max_queue, ..EngineConfig::default() },
         adapters: parse_adapters(&a.adapters)?,
         images: image_policy(a.allow_local_images.as_deref(), a.allow_remote_images, a.max_images, a.max_image_bytes)?,
+        max_image_queue: a.max_image_queue,
     };
-    let (mut models, mut encoders) = (Vec::new(), Vec::new());
+    let mut served = Served::default();
     for (spec, name) in specs.into_iter().zip(names) {
         // Encoders (embedding models, cross-encoders) are served beside decoders.
         let loc = load::resolve(spec).with_context(|| format!("loading model '{spec}'"))?;
         if load::is_encoder(&loc) {
             let model = plinth_tasks::EncoderModel::load(loc.path()).with_context(|| format!("loading model '{spec}'"))?;
-            encoders.push(EncoderSpec { name, path: loc.path().to_path_buf(), model });
+            served.encoders.push(EncoderSpec { name, path: loc.path().to_path_buf(), model });
+            continue;
+        }
+        if plinth_tasks::imagine::is_text_to_image_dir(loc.path()) {
+            let pipeline = plinth_tasks::imagine::TextToImage::load(loc.path()).with_context(|| format!("loading model '{spec}'"))?;
+            served.generators.push(ImageModelSpec { name, path: loc.path().to_path_buf(), pipeline });
             continue;
         }
         let m = load::load(&ModelArg { model: spec.clone(), quantize: a.quantize.clone(), repack_q8: a.repack_q8 }).with_context(|| format!("loading model '{spec}'"))?;
-        models.push(ModelSpec { name, path: m.location.path().to_path_buf(), model: m.model, tokenizer: m.tokenizer });
+        served.models.push(ModelSpec { name, path: m.location.path().to_path_buf(), model: m.model, tokenizer: m.tokenizer });
     }
-    plinth_server::serve(config, models, encoders, |server| {
+    plinth_server::serve(config, served, |server| {
         // Scripts and tests wait for, and parse, these lines, so they go out at once.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "plinth serve listening on http://{}", server.local_addr());
