@@ -548,24 +548,3 @@ mod tests {
         assert!(max_diff(&got, &want) <= 1e-5, "{}", max_diff(&got, &want));
     }
 }
-
-#[cfg(test)]
-mod bench {
-    use candle_core::{Device, Tensor};
-    fn t<F: FnMut() -> Tensor>(what: &str, mut f: F) {
-        f();
-        let t = std::time::Instant::now();
-        f();
-        println!("{what}: {:?}", t.elapsed());
-    }
-    #[test]
-    #[ignore]
-    fn time_ops() {
-        let d = Device::Cpu;
-        let q = Tensor::randn(0f32, 1.0, (1, 4096, 320), &d).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (1, 4096, 320), &d).unwrap();
-        for lim in [64usize << 20, 8 << 20, 2 << 20, 512 << 10] {
-            t(&format!("attention limit {lim}"), || super::attention(&q, &k, &k, 5, lim).unwrap());
-        }
-    }
-}
