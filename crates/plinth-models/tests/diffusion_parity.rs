@@ -260,7 +260,9 @@ fn full_size_against_diffusers() {
         (out, times)
     };
     if root.join("unet/io.safetensors").exists() {
+        let t = std::time::Instant::now();
         let unet = UNet2DCondition::load(&root.join("unet")).unwrap();
+        println!("unet load: {:.2?}", t.elapsed());
         let io = safetensors::load(root.join("unet/io.safetensors"), &Device::Cpu).unwrap();
         let (out, times) = time(&|| unet.forward(&io["sample"], 999.0, &io["ehs"], None).unwrap());
         let (d, _) = max_abs_diff(&flat(&out), &flat(&io["out"]));

@@ -172,8 +172,10 @@ pub struct Conv2d {
     padding: usize,
 }
 
-/// Largest patch matrix built at once (floats): 16M, 64 MiB.
-const MAX_PATCH_FLOATS: usize = 16 << 20;
+/// Largest patch matrix built at once (floats): 4M, 16 MiB, under glibc's largest mmap
+/// threshold, so that the buffer is recycled from the heap instead of page-faulted in anew
+/// for every band.
+const MAX_PATCH_FLOATS: usize = 4 << 20;
 
 impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -244,11 +246,17 @@ impl CustomOp1 for Im2Col {
                 }
                 let src = &plane[iy as usize * w..(iy as usize + 1) * w];
                 let dst = &mut o[j * wo..(j + 1) * wo];
-                for (ox, d) in dst.iter_mut().enumerate() {
-                    let ix = (ox * s + kx) as isize - p as isize;
-                    if ix >= 0 && ix < w as isize {
-                        *d = src[ix as usize];
-                    }
+                // Output columns whose tap lands inside the row: ox * s + kx - p in [0, w).
+                let lo = (p.saturating_sub(kx)).div_ceil(s).min(wo);
+                let hi = if w + p > kx { ((w + p - kx - 1) / s + 1).min(wo) } else { 0 };
+                if lo >= hi {
+                    continue;
+                }
+                let first = lo * s + kx - p;
+                if s == 1 {
+                    dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                } else {
+                    dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(s)).for_each(|(d, &x)| *d = x);
                 }
             }
         });
@@ -538,26 +546,5 @@ mod tests {
         let bias = Tensor::new(gn.bias.as_slice(), &Device::Cpu).unwrap().reshape((1, 6, 1, 1)).unwrap();
         let want = n.broadcast_mul(&w).unwrap().broadcast_add(&bias).unwrap().silu().unwrap();
         assert!(max_diff(&got, &want) <= 1e-5, "{}", max_diff(&got, &want));
-    }
-}
-
-#[cfg(test)]
-mod bench {
-    use candle_core::{Device, Tensor};
-    fn t<F: FnMut() -> Tensor>(what: &str, mut f: F) {
-        f();
-        let t = std::time::Instant::now();
-        f();
-        println!("{what}: {:?}", t.elapsed());
-    }
-    #[test]
-    #[ignore]
-    fn time_ops() {
-        let d = Device::Cpu;
-        let q = Tensor::randn(0f32, 1.0, (1, 4096, 320), &d).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (1, 4096, 320), &d).unwrap();
-        for lim in [64usize << 20, 8 << 20, 2 << 20, 512 << 10] {
-            t(&format!("attention limit {lim}"), || super::attention(&q, &k, &k, 5, lim).unwrap());
-        }
     }
 }

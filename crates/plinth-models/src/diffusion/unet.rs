@@ -243,8 +243,8 @@ impl UNet2DCondition {
         };
         let mut down = Vec::with_capacity(n);
         let mut out = ch[0];
-        for i in 0..n {
-            let (inp, o) = (out, ch[i]);
+        for (i, &o) in ch.iter().enumerate() {
+            let inp = out;
             out = o;
             let a = cfg.down_attention[i].then(|| attn(i, cfg.transformer_layers_per_block[i]));
             let s = spec(inp, o, cfg.layers_per_block[i], a, cfg.resnet_out_scale_factor);
