@@ -276,6 +276,7 @@ def make_sd(out: Path, tok_src: Path) -> None:
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(d, safe_serialization=True)
+    drop_tokenizer_json(d)
     for sub in ["unet", "vae", "text_encoder"]:
         save_f16(getattr(pipe, sub), d / sub)
     ref: dict = {}
@@ -337,6 +338,7 @@ def make_sdxl(out: Path, tok_src: Path) -> None:
                                      unet=unet, scheduler=sched, force_zeros_for_empty_prompt=True,
                                      add_watermarker=False)
     pipe.save_pretrained(d, safe_serialization=True)
+    drop_tokenizer_json(d)
     for sub in ["unet", "vae", "text_encoder", "text_encoder_2"]:
         save_f16(getattr(pipe, sub), d / sub)
     ref: dict = {}
@@ -377,6 +379,14 @@ def make_sdxl(out: Path, tok_src: Path) -> None:
                 runs={k: v for k, v in runs.items()}, original_size=[64, 64], crops_coords_top_left=[0, 0],
                 target_size=[64, 64])
     (d / "pipeline.json").write_text(json.dumps(args, indent=1) + "\n")
+
+
+def drop_tokenizer_json(d: Path) -> None:
+    """Published diffusers checkpoints (SD-Turbo, SDXL-Turbo) ship their tokenizers as
+    vocab.json + merges.txt only; transformers' save_pretrained adds a tokenizer.json, which
+    would let plinth's loader skip the path real checkpoints take."""
+    for sub in ["tokenizer", "tokenizer_2"]:
+        (d / sub / "tokenizer.json").unlink(missing_ok=True)
 
 
 def main() -> None:
