@@ -29,8 +29,8 @@ pipeline.safetensors + pipeline.json (tiny-sd, tiny-sdxl): full diffusers pipeli
 arguments in the JSON): input latents, final latents, per-step latents, the float image
 (output_type "np", [1,H,W,3]) and what encode_prompt returns.
 
-The tokenizer comes from fixtures/clip-bpe (a small CLIP BPE vocabulary); when it is absent a
-placeholder with the same layout is generated (then rerun once clip-bpe exists).
+The tokenizer is fixtures/clip-bpe (a small CLIP BPE vocabulary, scripts/make_clip_bpe_fixture.py),
+saved as published checkpoints ship it: vocab.json + merges.txt, no tokenizer.json.
 
 Rerun: /path/to/venv/bin/python scripts/make_diffusion_fixtures.py [--out fixtures]
 (diffusers 0.42, transformers 5, torch). Deterministic: reruns give identical files.
@@ -42,6 +42,7 @@ import argparse
 import json
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,76 +95,12 @@ def save_f16(model, d: Path) -> None:
 # Tokenizer
 # --------------------------------------------------------------------------
 
-def bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def placeholder_bpe(d: Path) -> None:
-    """A CLIP-layout BPE (bytes, bytes + </w>, 200 merges learned on a few sentences, then
-    <|startoftext|>, <|endoftext|>): 714 entries."""
-    corpus = ("a red lighthouse at dawn blurry a photo of a cat sitting on the mat the quick brown fox jumps "
-              "over the lazy dog painting of a mountain lake at sunset high quality detailed lighthouse red "
-              "dawn light house photo portrait of an astronaut riding a horse on the moon").split()
-    chars = list(bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars]
-    words: dict[tuple, int] = {}
-    for w in corpus:
-        t = tuple(w[:-1]) + (w[-1] + "</w>",)
-        words[t] = words.get(t, 0) + 1
-    merges = []
-    while len(merges) < 200:
-        pairs: dict[tuple, int] = {}
-        for w, c in words.items():
-            for a, b in zip(w, w[1:]):
-                pairs[(a, b)] = pairs.get((a, b), 0) + c
-        if not pairs:
-            break
-        best = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-        merges.append(best)
-        new = {}
-        for w, c in words.items():
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
-                    out.append(w[i] + w[i + 1])
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            new[tuple(out)] = c
-        words = new
-    while len(merges) < 200:  # pad with merges of rare byte pairs so the size is fixed
-        k = len(merges)
-        merges.append((chars[k % 94], chars[(k * 7 + 3) % 94] + "</w>"))
-    vocab += ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = list(dict.fromkeys(vocab))
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-    (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    (d / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>"}))
-    (d / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-        "do_lower_case": True}))
-
-
-def tokenizer_src(tmp: Path) -> Path:
+def tokenizer_src() -> Path:
+    """The committed CLIP BPE tokenizer (scripts/make_clip_bpe_fixture.py writes it)."""
     src = ROOT / "fixtures" / "clip-bpe"
-    if (src / "vocab.json").exists():
-        return src
-    print("fixtures/clip-bpe is absent: using a placeholder tokenizer (rerun once it exists)")
-    placeholder_bpe(tmp)
-    return tmp
+    if not (src / "vocab.json").exists():
+        sys.exit("fixtures/clip-bpe is missing: run scripts/make_clip_bpe_fixture.py first")
+    return src
 
 
 def copy_tokenizer(src: Path, dst: Path) -> CLIPTokenizer:
@@ -394,8 +331,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "fixtures"))
     out = Path(ap.parse_args().out)
     torch.set_num_threads(1)
-    tmp = Path("/tmp/plinth-placeholder-clip-bpe")
-    src = tokenizer_src(tmp)
+    src = tokenizer_src()
     make_sd(out, src)
     make_sd15(out, src)
     make_sdxl(out, src)

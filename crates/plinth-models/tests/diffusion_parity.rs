@@ -12,7 +12,7 @@ use candle_core::{safetensors, Device, Tensor};
 use plinth_models::diffusion::unet::{AddedCond, UNet2DCondition};
 use plinth_models::diffusion::vae::AutoencoderKL;
 use plinth_models::models::clip_text::ClipTextModel;
-use plinth_testutil::{assert_close, fixture, max_abs_diff};
+use plinth_testutil::{assert_tensor_close, fixture, flat, max_abs_diff};
 
 /// Max |Δ| against the f32 reference. Tighter than the 1e-4 of the other parity tests: the
 /// observed error is ~2e-6, while computing GEGLU's gate with tanh-gelu instead of erf-gelu
@@ -23,16 +23,8 @@ fn reference(dir: &str) -> HashMap<String, Tensor> {
     safetensors::load(fixture(dir).join("reference.safetensors"), &Device::Cpu).unwrap()
 }
 
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
 fn check(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let (d, i) = max_abs_diff(&flat(got), &flat(want));
-    let scale = flat(want).iter().fold(0f32, |m, x| m.max(x.abs()));
-    println!("{what}: max |Δ| = {d:.2e} (at {i}, max |ref| {scale:.2})");
-    assert_close(what, &flat(got), &flat(want), TOL);
+    assert_tensor_close(what, got, want, TOL);
 }
 
 fn unet_case(dir: &str, unet: &UNet2DCondition, r: &HashMap<String, Tensor>, prefix: &str) {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use candle_core::{safetensors, DType, Device, Tensor};
 use plinth_io::fetch::ModelLocation;
 use plinth_models::{is_image_text_type, load_decoder, load_image_text, Decoder, ImageTextModel, ScoreKind};
-use plinth_testutil::{assert_close, fixture, max_abs_diff};
+use plinth_testutil::{assert_tensor_close, fixture, flat, max_abs_diff};
 
 /// Max |Δ| against transformers (f32 embeddings, logits).
 const TOL: f32 = 1e-4;
@@ -19,15 +19,8 @@ fn reference(dir: &str) -> HashMap<String, Tensor> {
     safetensors::load(fixture(dir).join("reference.safetensors"), &Device::Cpu).unwrap()
 }
 
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
 fn check(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let (d, i) = max_abs_diff(&flat(got), &flat(want));
-    println!("{what}: max |Δ| = {d:.2e} (at {i})");
-    assert_close(what, &flat(got), &flat(want), TOL);
+    assert_tensor_close(what, got, want, TOL);
 }
 
 fn texts(r: &HashMap<String, Tensor>) -> Vec<Vec<u32>> {

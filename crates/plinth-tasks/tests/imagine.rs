@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use candle_core::{safetensors, Device, Tensor};
 use plinth_tasks::imagine::{ImagineRequest, TextToImage};
-use plinth_testutil::{assert_close, fixture, max_abs_diff};
+use plinth_testutil::{assert_tensor_close, fixture, flat};
 
 /// Max |Δ| against diffusers, f32, relative to the reference's largest magnitude where that
 /// exceeds 1: prompt embeddings are O(1) and the image is in [0, 1] (observed ~1e-6), while
@@ -22,16 +22,9 @@ fn reference(dir: &str) -> HashMap<String, Tensor> {
     safetensors::load(fixture(dir).join("pipeline.safetensors"), &Device::Cpu).unwrap()
 }
 
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
 fn check(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let (d, _) = max_abs_diff(&flat(got), &flat(want));
     let scale = flat(want).iter().fold(1f32, |m, x| m.max(x.abs()));
-    println!("{what}: max |Δ| = {d:.2e} (max |ref| {scale:.1})");
-    assert_close(what, &flat(got), &flat(want), TOL * scale);
+    assert_tensor_close(what, got, want, TOL * scale);
 }
 
 fn request(prompt: &str, negative: Option<&str>, steps: usize, guidance: f64, scheduler: &str) -> ImagineRequest {

@@ -63,6 +63,22 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert!(d <= tol, "{what}: max |Δ| = {d:e} at index {i} (got {}, want {}), tolerance {tol:e}", got[i], want[i]);
 }
 
+/// A tensor's values as one f32 vector.
+pub fn flat(t: &candle_core::Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Asserts equal shapes and every element within `tol` (absolute); prints the max |Δ| and the
+/// reference's largest magnitude, so test logs carry the measured figure.
+pub fn assert_tensor_close(what: &str, got: &candle_core::Tensor, want: &candle_core::Tensor, tol: f32) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let (g, w) = (flat(got), flat(want));
+    let (d, i) = max_abs_diff(&g, &w);
+    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+    println!("{what}: max |Δ| = {d:.2e} (at {i}, max |ref| {scale:.2})");
+    assert_close(what, &g, &w, tol);
+}
+
 /// Writes GGUF bytes by hand, so that tests can make valid and deliberately broken files.
 #[derive(Default)]
 pub struct GgufBuilder {
