@@ -228,10 +228,7 @@ impl CustomOp1 for Im2Col {
         "im2col"
     }
     fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = match (st, l.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-            _ => candle_core::bail!("im2col: contiguous f32 input expected"),
-        };
+        let x = fused::contiguous(st, l, "im2col")?;
         let &[c, h, w] = l.dims() else { candle_core::bail!("im2col: [c, h, w] input expected") };
         let (k, s, p, wo) = (self.k, self.stride, self.padding, self.wo);
         let n = self.rows.len() * wo;
@@ -292,10 +289,7 @@ impl CustomOp1 for GroupNormOp<'_> {
         "group-norm"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = match (s, l.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-            _ => candle_core::bail!("group-norm: contiguous f32 input expected"),
-        };
+        let x = fused::contiguous(s, l, "group-norm")?;
         let dims = l.dims();
         let (c, groups) = (dims[1], self.gn.groups);
         let hw: usize = dims[2..].iter().product();
@@ -462,10 +456,7 @@ impl CustomOp1 for Geglu {
         "geglu"
     }
     fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = match (st, l.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-            _ => candle_core::bail!("geglu: contiguous f32 input expected"),
-        };
+        let x = fused::contiguous(st, l, "geglu")?;
         let &[rows, two_h] = l.dims() else { candle_core::bail!("geglu: [rows, 2h] input expected") };
         let h = two_h / 2;
         let mut out = vec![0f32; rows * h];

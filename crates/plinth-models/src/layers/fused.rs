@@ -19,7 +19,8 @@ use crate::layers::Activation;
 /// Rows handed to one rayon task: enough work to amortize the task, small enough to balance.
 const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> candle_core::Result<&'a [f32]> {
+/// The f32 values of a contiguous CPU tensor, for custom ops.
+pub(crate) fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> candle_core::Result<&'a [f32]> {
     match s {
         CpuStorage::F32(v) => match l.contiguous_offsets() {
             Some((a, b)) => Ok(&v[a..b]),
