@@ -158,7 +158,6 @@ pub struct TextToImageInfo {
 pub struct TextToImage {
     name: String,
     dir: PathBuf,
-    family: Family,
     tokenizer: Tokenizer,
     pad: u32,
     text_encoder: ClipTextModel,
@@ -273,7 +272,6 @@ impl TextToImage {
         Ok(TextToImage {
             name,
             dir: dir.to_path_buf(),
-            family,
             tokenizer,
             pad,
             text_encoder,
@@ -441,8 +439,9 @@ impl TextToImage {
     pub fn encode_prompt(&self, settings: &ImagineSettings) -> Result<Conditioning> {
         let guided = settings.guidance > 1.0;
         let negative = settings.negative_prompt.clone().unwrap_or_default();
-        match (&self.second, self.family) {
-            (None, _) | (_, Family::Sd) => {
+        // The second encoder is there exactly for SDXL.
+        match &self.second {
+            None => {
                 let texts: Vec<&str> = if guided { vec![&negative, &settings.prompt] } else { vec![&settings.prompt] };
                 let ids = texts
                     .iter()
@@ -451,7 +450,7 @@ impl TextToImage {
                 let out = self.text_encoder.forward(&ids)?;
                 Ok(Conditioning { hidden: out.last_hidden_state, added: None, guided })
             }
-            (Some(second), Family::Sdxl) => {
+            Some(second) => {
                 let encode = |text: &str| -> Result<(Tensor, Tensor)> {
                     let a = self.text_encoder.forward(&[Self::ids(&self.tokenizer, &self.text_encoder, self.pad, text)?])?;
                     let b = second.encoder.forward(&[Self::ids(&second.tokenizer, &second.encoder, second.pad, text)?])?;
